@@ -20,23 +20,34 @@ _SPOOFABLE = frozenset(name.encode("ascii") for name in SPOOFABLE_HEADERS)
 
 
 def _is_spoofable(name: bytes) -> bool:
-    return name in _SPOOFABLE or (b"_" in name and name.replace(b"_", b"-") in _SPOOFABLE)
+    return name in _SPOOFABLE or (
+        b"_" in name and name.replace(b"_", b"-") in _SPOOFABLE
+    )
 
 
 class ASGIMiddleware(SSOMiddleware):
     """The ASGI form of :class:`SSOMiddleware`."""
 
-    def __init__(self, app: Any, settings: Any = None, *, interface: str | None = None,
-                 transport: Any = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Any = None,
+        *,
+        interface: str | None = None,
+        transport: Any = None,
+        **overrides: Any,
+    ) -> None:
         super().__init__(app, settings, interface=interface, **overrides)
-        self.client = httpx.AsyncClient(timeout=self.timeout, transport=transport,
-                                        follow_redirects=False)
+        self.client = httpx.AsyncClient(
+            timeout=self.timeout, transport=transport, follow_redirects=False
+        )
         self.store = None
         if self.core.uses_store:
             import redis.asyncio
 
             self.store = redis.asyncio.Redis.from_url(
-                self.settings.session_store, socket_timeout=2, socket_connect_timeout=2)
+                self.settings.session_store, socket_timeout=2, socket_connect_timeout=2
+            )
         self._fast = self.core.fast_session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,8 +75,14 @@ class ASGIMiddleware(SSOMiddleware):
         outcome = await self._run(self.core.handle(request), body_receiver)
         if isinstance(outcome, Forward):
             cleaned = outcome.cookie.encode("latin-1") if outcome.cookie else None
-            if outcome.cacheable_until is not None and cookie is not None and not spoofed:
-                self.core.remember(cookie, outcome.user, cleaned, outcome.cacheable_until)
+            if (
+                outcome.cacheable_until is not None
+                and cookie is not None
+                and not spoofed
+            ):
+                self.core.remember(
+                    cookie, outcome.user, cleaned, outcome.cacheable_until
+                )
             if outcome.set_cookies:
                 send = _with_cookies(send, outcome.set_cookies)
             await self.app(_forward_scope(scope, outcome.user, cleaned), receive, send)
@@ -111,8 +128,11 @@ class ASGIMiddleware(SSOMiddleware):
 
 
 def _forward_scope(scope: Scope, user: Any, cookie: bytes | None) -> Scope:
-    headers = [(name, value) for name, value in scope["headers"]
-               if name != b"cookie" and not _is_spoofable(name)]
+    headers = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name != b"cookie" and not _is_spoofable(name)
+    ]
     if cookie is not None:
         headers.append((b"cookie", cookie))
     forwarded = dict(scope)
@@ -134,11 +154,14 @@ def _with_cookies(send: Send, cookies: list[str]) -> Send:
 
 
 async def _send_reply(send: Send, reply: Reply, *, head: bool) -> None:
-    headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-               for name, value in reply.headers]
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in reply.headers
+    ]
     headers.append((b"content-length", str(len(reply.body)).encode("ascii")))
-    await send({"type": "http.response.start", "status": reply.status,
-                "headers": headers})
+    await send(
+        {"type": "http.response.start", "status": reply.status, "headers": headers}
+    )
     await send({"type": "http.response.body", "body": b"" if head else reply.body})
 
 
@@ -181,7 +204,9 @@ def request_from_scope(scope: Scope) -> Request:
     else:
         from urllib.parse import quote
 
-        target = quote(scope.get("root_path", "") + scope["path"], safe="/;=,:@!$&'()*+~")
+        target = quote(
+            scope.get("root_path", "") + scope["path"], safe="/;=,:@!$&'()*+~"
+        )
     if query:
         target += "?" + query
     client = scope.get("client")

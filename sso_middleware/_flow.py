@@ -65,8 +65,14 @@ logger = logging.getLogger("sso_middleware")
 
 # The routing parameters that /login passes on to the provider, and no others:
 # Scalekit's organization and connection selectors and the standard hints.
-LOGIN_PARAMS = ("organization_id", "connection_id", "domain", "login_hint",
-                "provider", "prompt")
+LOGIN_PARAMS = (
+    "organization_id",
+    "connection_id",
+    "domain",
+    "login_hint",
+    "provider",
+    "prompt",
+)
 _PARAM_VALUE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,255}")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
@@ -88,8 +94,11 @@ class Core:
         self.used_states = UsedStates()
         prefix = settings.endpoint_prefix
         self.prefix = prefix
-        self.callback_path = (urlsplit(settings.redirect_uri).path
-                              if settings.redirect_uri else settings.redirect_path)
+        self.callback_path = (
+            urlsplit(settings.redirect_uri).path
+            if settings.redirect_uri
+            else settings.redirect_path
+        )
         self.endpoints: dict[str, Callable[[Request], Flow[Outcome]]] = {
             prefix + "/login": self._login,
             prefix + "/logout": self._logout,
@@ -101,8 +110,10 @@ class Core:
         self.endpoints.setdefault(self.callback_path, self._callback)
         self.endpoints[self.callback_path] = self._callback
         self.public = compile_globs(settings.public_paths)
-        self.trusted_networks = tuple(ipaddress.ip_network(proxy, strict=False)
-                                      for proxy in settings.trusted_proxies)
+        self.trusted_networks = tuple(
+            ipaddress.ip_network(proxy, strict=False)
+            for proxy in settings.trusted_proxies
+        )
         self.login_url = prefix + "/login"
         self.uses_store = settings.uses_redis
         self._forwards: dict[str | bytes, tuple[Any, Any, float]] = {}
@@ -144,37 +155,54 @@ class Core:
             # would break every cross-origin call to the application.
             return Forward(ANONYMOUS, cookie)
         if request.websocket:
-            return self._reject(request, RequestError(
-                "Sign-in required.", status=403, detail="websocket without a session"))
+            return self._reject(
+                request,
+                RequestError(
+                    "Sign-in required.",
+                    status=403,
+                    detail="websocket without a session",
+                ),
+            )
         if is_navigation(request):
             return (yield from self._start_login(request, request.target, {}))
         return error_reply(request, 401, "login_required", "Sign-in required.")
 
-    def fast_session(self, cookie: str | bytes, path: str) -> tuple[Any, Any] | None:
+    def fast_session(
+        self, cookie: str | bytes, path: str
+    ) -> tuple[Any, Any, float] | None:
         """Return the user and cleaned Cookie header remembered for ``cookie``.
 
         This is the hot path of an authenticated request: one dictionary look-up
         and a clock read, with no HMAC or JSON work. It returns None, and the
-        request takes the full path, for endpoints, expired sessions and while
-        any back-channel logout is remembered.
+        request takes the full path, for endpoints and expired sessions. A revoked
+        session is purged from the cache when it is revoked.
         """
         hit = self._forwards.get(cookie)
-        if hit is None or hit[2] <= time.time() or self.revocations:
+        if hit is None or hit[2] <= time.time():
             return None
         if path in self.endpoints:
             return None
         return hit
 
-    def remember(self, cookie: str | bytes, user: Any, cleaned: Any,
-                 until: float) -> None:
+    def remember(
+        self, cookie: str | bytes, user: Any, cleaned: Any, until: float
+    ) -> None:
         """Remember the outcome of a verified Cookie header until ``until``."""
         if len(self._forwards) >= FORWARD_CACHE_SIZE:
             # Dictionaries keep insertion order, so this evicts the oldest entry.
             del self._forwards[next(iter(self._forwards))]
         self._forwards[cookie] = (user, cleaned, until)
 
+    def _forget(self, matches: Callable[[str | bytes, Any], bool]) -> None:
+        """Drop the remembered Cookie headers whose key and user match."""
+        for key in [k for k, hit in self._forwards.items() if matches(k, hit[0])]:
+            self._forwards.pop(key, None)
+
     def is_public(self, path: str) -> bool:
-        return self.public is not None and self.public.match(normalize_path(path)) is not None
+        return (
+            self.public is not None
+            and self.public.match(normalize_path(path)) is not None
+        )
 
     # Sessions
 
@@ -185,14 +213,19 @@ class Core:
             return None
         if not self.uses_store:
             session = self.cookies.load_session(value)
-            if (session is not None and self.revocations
-                    and self.revocations.is_revoked(session, value)):
+            if (
+                session is not None
+                and self.revocations
+                and self.revocations.is_revoked(session, value)
+            ):
                 return None
             return session
         session_id = self.cookies.load_session_id(value)
         if session_id is None:
             return None
-        data = yield from self._store(StoreCall("get", (STORE_PREFIX + "s:" + session_id,)))
+        data = yield from self._store(
+            StoreCall("get", (STORE_PREFIX + "s:" + session_id,))
+        )
         if data is None:
             return None
         try:
@@ -219,15 +252,23 @@ class Core:
             email = user.email or ""
             domain = email.rpartition("@")[2].lower() if "@" in email else ""
             verified = user.claims.get("email_verified", True) is not False
-            if not verified or domain not in {d.lower() for d in s.allowed_email_domains}:
-                raise AccessDenied("Your account is not allowed to use this application.",
-                                   detail=f"email domain {domain!r} not allowed")
+            if not verified or domain not in {
+                d.lower() for d in s.allowed_email_domains
+            }:
+                raise AccessDenied(
+                    "Your account is not allowed to use this application.",
+                    detail=f"email domain {domain!r} not allowed",
+                )
         if s.allowed_groups and not set(user.groups) & set(s.allowed_groups):
-            raise AccessDenied("Your account is not allowed to use this application.",
-                               detail="no allowed group")
+            raise AccessDenied(
+                "Your account is not allowed to use this application.",
+                detail="no allowed group",
+            )
         if s.allowed_roles and not set(user.roles) & set(s.allowed_roles):
-            raise AccessDenied("Your account is not allowed to use this application.",
-                               detail="no allowed role")
+            raise AccessDenied(
+                "Your account is not allowed to use this application.",
+                detail="no allowed role",
+            )
 
     def _cookie(self, request: Request, name: str) -> str | None:
         header = request.headers.get("cookie")
@@ -253,15 +294,19 @@ class Core:
             return self._method_not_allowed(request, "GET")
         query = dict(parse_qsl(request.query, keep_blank_values=True))
         if "idp_initiated_login" in query:
-            return (yield from self._idp_initiated(request, query["idp_initiated_login"]))
+            return (
+                yield from self._idp_initiated(request, query["idp_initiated_login"])
+            )
         params = {}
         for name in LOGIN_PARAMS:
             value = query.get(name)
             if value is None:
                 continue
             if not _PARAM_VALUE.fullmatch(value):
-                raise RequestError("The sign-in request has an invalid parameter.",
-                                   detail=f"invalid {name} parameter")
+                raise RequestError(
+                    "The sign-in request has an invalid parameter.",
+                    detail=f"invalid {name} parameter",
+                )
             params[name] = value
         return (yield from self._start_login(request, query.get("next"), params))
 
@@ -286,20 +331,29 @@ class Core:
             )
         relay_state = claims.get("relay_state")
         return_to = relay_state if isinstance(relay_state, str) else None
-        logger.info("IdP-initiated login for %s", params.get("organization_id")
-                    or params.get("connection_id"))
+        logger.info(
+            "IdP-initiated login for %s",
+            params.get("organization_id") or params.get("connection_id"),
+        )
         return (yield from self._start_login(request, return_to, params))
 
-    def _start_login(self, request: Request, return_to: str | None,
-                     params: Mapping[str, str]) -> Flow[Outcome]:
+    def _start_login(
+        self, request: Request, return_to: str | None, params: Mapping[str, str]
+    ) -> Flow[Outcome]:
         metadata = yield from self.oidc.metadata()
         redirect_uri = self.redirect_uri(request)
         auth = self.oidc.authorization_request(metadata, redirect_uri, params)
-        name, value = self.cookies.new_state(auth.state, auth.nonce, auth.code_verifier,
-                                             safe_return_path(return_to), redirect_uri)
+        name, value = self.cookies.new_state(
+            auth.state,
+            auth.nonce,
+            auth.code_verifier,
+            safe_return_path(return_to),
+            redirect_uri,
+        )
         secure = self.secure(request)
-        cookies = [self.cookies.set_cookie(name, value, secure=secure,
-                                           max_age=STATE_LIFETIME)]
+        cookies = [
+            self.cookies.set_cookie(name, value, secure=secure, max_age=STATE_LIFETIME)
+        ]
         cookies.extend(self._evict_states(request, secure))
         logger.debug("login started, request %s", self.request_id(request))
         return redirect(auth.url, set_cookies=cookies)
@@ -316,8 +370,10 @@ class Core:
                 states.append((signed_at if signed_at is not None else 0.0, name))
         states.sort()
         excess = len(states) - (MAX_STATES - 1)
-        return [self.cookies.delete_cookie(name, secure=secure)
-                for _, name in states[:max(excess, 0)]]
+        return [
+            self.cookies.delete_cookie(name, secure=secure)
+            for _, name in states[: max(excess, 0)]
+        ]
 
     # Callback
 
@@ -342,45 +398,58 @@ class Core:
             reply.headers.extend(("Set-Cookie", cookie) for cookie in clear)
             return reply
 
-    def _complete_login(self, request: Request, query: dict[str, str],
-                        entry: Any, clear: list[str]) -> Flow[Outcome]:
+    def _complete_login(
+        self, request: Request, query: dict[str, str], entry: Any, clear: list[str]
+    ) -> Flow[Outcome]:
         if "error" in query:
             description = query.get("error_description") or query["error"]
             status = 403 if query["error"] == "access_denied" else 400
-            raise LoginError(f"The identity provider reported an error: "
-                             f"{description[:300]}", status=status,
-                             detail=f"provider error {query['error'][:60]!r}")
+            raise LoginError(
+                f"The identity provider reported an error: {description[:300]}",
+                status=status,
+                detail=f"provider error {query['error'][:60]!r}",
+            )
         code = query.get("code")
         if not code or not query.get("state"):
-            raise LoginError("The sign-in response is missing its code or state.",
-                             detail="callback without code or state")
+            raise LoginError(
+                "The sign-in response is missing its code or state.",
+                detail="callback without code or state",
+            )
         if entry is None:
             # RFC 9700 4.7: without this browser's signed state entry the callback
             # may be forged, replayed, expired or from another browser.
-            raise LoginError("This sign-in attempt is unknown or has expired. "
-                             "Please sign in again.",
-                             detail="no valid state entry for the callback's state")
+            raise LoginError(
+                "This sign-in attempt is unknown or has expired. Please sign in again.",
+                detail="no valid state entry for the callback's state",
+            )
         metadata = yield from self.oidc.metadata()
         # RFC 9207: the iss parameter names the provider that sent the response, which
         # defeats mix-up attacks. It is checked before the code leaves this process.
         iss = query.get("iss")
-        if iss is not None or metadata.iss_parameter_supported:
-            if iss != self.settings.issuer:
-                raise LoginError("The sign-in response came from an unexpected "
-                                 "identity provider.",
-                                 detail=f"iss parameter {str(iss)[:100]!r} mismatch")
+        expects_iss = iss is not None or metadata.iss_parameter_supported
+        if expects_iss and iss != self.settings.issuer:
+            raise LoginError(
+                "The sign-in response came from an unexpected identity provider.",
+                detail=f"iss parameter {str(iss)[:100]!r} mismatch",
+            )
         claimed = yield from self._claim_state(entry.state)
         if not claimed:
-            raise LoginError("This sign-in response was already used. "
-                             "Please sign in again.", detail="state replayed")
-        tokens = yield from self.oidc.exchange_code(metadata, code, entry.redirect_uri,
-                                                    entry.verifier)
-        claims = yield from self.oidc.verify_id_token(metadata, tokens["id_token"],
-                                                      entry.nonce)
+            raise LoginError(
+                "This sign-in response was already used. Please sign in again.",
+                detail="state replayed",
+            )
+        tokens = yield from self.oidc.exchange_code(
+            metadata, code, entry.redirect_uri, entry.verifier
+        )
+        claims = yield from self.oidc.verify_id_token(
+            metadata, tokens["id_token"], entry.nonce
+        )
         access_token = tokens.get("access_token")
         userinfo = yield from self.oidc.fetch_userinfo(
-            metadata, access_token if isinstance(access_token, str) else "",
-            claims["sub"])
+            metadata,
+            access_token if isinstance(access_token, str) else "",
+            claims["sub"],
+        )
         kept = session_claims(claims, userinfo)
         user = User.from_claims(kept)
         self.check_allowed(user)
@@ -394,13 +463,18 @@ class Core:
     def _claim_state(self, state: str) -> Flow[bool]:
         if not self.uses_store:
             return self.used_states.claim(state)
-        result = yield from self._store(StoreCall(
-            "set", (STORE_PREFIX + "used:" + state, "1"),
-            {"nx": True, "ex": STATE_LIFETIME}))
+        result = yield from self._store(
+            StoreCall(
+                "set",
+                (STORE_PREFIX + "used:" + state, "1"),
+                {"nx": True, "ex": STATE_LIFETIME},
+            )
+        )
         return bool(result)
 
-    def _new_session(self, claims: dict[str, Any], id_token: str,
-                     secure: bool) -> Flow[list[str]]:
+    def _new_session(
+        self, claims: dict[str, Any], id_token: str, secure: bool
+    ) -> Flow[list[str]]:
         lifetime = self.settings.session_lifetime
         payload = self.cookies.new_session_payload(claims)
         cookies = []
@@ -408,8 +482,9 @@ class Core:
             session_id = new_session_id()
             payload["idt"] = id_token
             key = STORE_PREFIX + "s:" + session_id
-            yield from self._store(StoreCall("set", (key, json.dumps(payload)),
-                                             {"ex": lifetime}))
+            yield from self._store(
+                StoreCall("set", (key, json.dumps(payload)), {"ex": lifetime})
+            )
             yield from self._index_session(session_id, claims)
             value = self.cookies.dump_session_id(session_id)
         else:
@@ -425,11 +500,20 @@ class Core:
             if len(token_cookie) < MAX_COOKIE_SIZE - 200:
                 # The ID token is only needed as id_token_hint at logout, so its
                 # cookie is scoped to the logout path.
-                cookies.append(self.cookies.set_cookie(
-                    self.cookies.id_token_cookie, token_cookie, secure=secure,
-                    max_age=lifetime, path=self.cookies.logout_path))
-        cookies.append(self.cookies.set_cookie(self.cookies.cookie_name, value,
-                                               secure=secure, max_age=lifetime))
+                cookies.append(
+                    self.cookies.set_cookie(
+                        self.cookies.id_token_cookie,
+                        token_cookie,
+                        secure=secure,
+                        max_age=lifetime,
+                        path=self.cookies.logout_path,
+                    )
+                )
+        cookies.append(
+            self.cookies.set_cookie(
+                self.cookies.cookie_name, value, secure=secure, max_age=lifetime
+            )
+        )
         return cookies
 
     def _index_session(self, session_id: str, claims: Mapping[str, Any]) -> Flow[None]:
@@ -448,14 +532,23 @@ class Core:
             return self._method_not_allowed(request, "GET, POST")
         if not self._same_site(request):
             if request.method == "POST":
-                return error_reply(request, 403, "cross_site_request",
-                                   "A sign-out request from another site was rejected.")
+                return error_reply(
+                    request,
+                    403,
+                    "cross_site_request",
+                    "A sign-out request from another site was rejected.",
+                )
             # A cross-site GET, or one from a browser without fetch metadata, gets a
             # confirmation form: a link on another site cannot sign the user out.
-            return html_page(200, "Sign out", (
-                '<p>Do you want to sign out?</p>'
-                f'<form method="post" action="{html.escape(request.path)}">'
-                '<button type="submit">Sign out</button></form>'))
+            return html_page(
+                200,
+                "Sign out",
+                (
+                    "<p>Do you want to sign out?</p>"
+                    f'<form method="post" action="{html.escape(request.path)}">'
+                    '<button type="submit">Sign out</button></form>'
+                ),
+            )
         secure = self.secure(request)
         id_token = None
         value = self._cookie(request, self.cookies.cookie_name)
@@ -467,7 +560,9 @@ class Core:
                 if data:
                     try:
                         stored = json.loads(data)
-                        id_token = stored.get("idt") if isinstance(stored, dict) else None
+                        id_token = (
+                            stored.get("idt") if isinstance(stored, dict) else None
+                        )
                     except ValueError:
                         id_token = None
                 yield from self._store(StoreCall("delete", (key,)))
@@ -475,14 +570,18 @@ class Core:
             token_value = self._cookie(request, self.cookies.id_token_cookie)
             id_token = self.cookies.load_id_token(token_value) if token_value else None
             session = self.cookies.load_session(value) if value else None
-            if session is not None:
+            if value and session is not None:
                 # A cookie session cannot be deleted from the browser of an attacker
                 # who copied it, so this process also stops accepting it.
                 self.revocations.revoke_cookie(value)
+                self._forget(lambda key, _user: _contains(key, value))
         cookies = [
             self.cookies.delete_cookie(self.cookies.cookie_name, secure=secure),
-            self.cookies.delete_cookie(self.cookies.id_token_cookie, secure=secure,
-                                       path=self.cookies.logout_path),
+            self.cookies.delete_cookie(
+                self.cookies.id_token_cookie,
+                secure=secure,
+                path=self.cookies.logout_path,
+            ),
         ]
         logger.info("logout, request %s", self.request_id(request))
         metadata = None
@@ -491,19 +590,25 @@ class Core:
         except ProviderError:
             metadata = None
         if metadata is not None and metadata.end_session_endpoint:
-            params = {"client_id": self.settings.client_id,
-                      "post_logout_redirect_uri": self.post_logout_uri(request)}
+            params = {
+                "client_id": self.settings.client_id,
+                "post_logout_redirect_uri": self.post_logout_uri(request),
+            }
             if id_token:
                 params["id_token_hint"] = id_token
             separator = "&" if "?" in metadata.end_session_endpoint else "?"
-            return redirect(metadata.end_session_endpoint + separator + urlencode(params),
-                            set_cookies=cookies)
+            return redirect(
+                metadata.end_session_endpoint + separator + urlencode(params),
+                set_cookies=cookies,
+            )
         headers = [("Set-Cookie", cookie) for cookie in cookies]
-        if is_navigation(request) or request.method == "POST" and "text/html" in (
-            request.headers.get("accept", "")
+        if is_navigation(request) or (
+            request.method == "POST"
+            and "text/html" in (request.headers.get("accept", ""))
         ):
-            return html_page(200, "Signed out", "<p>You are signed out.</p>",
-                             headers=headers)
+            return html_page(
+                200, "Signed out", "<p>You are signed out.</p>", headers=headers
+            )
         return json_reply(200, {"status": "signed_out"}, headers=headers)
 
     def _same_site(self, request: Request) -> bool:
@@ -523,24 +628,34 @@ class Core:
     def _userinfo(self, request: Request) -> Flow[Outcome]:
         session = yield from self.session(request)
         if session is None:
-            return json_reply(401, {"error": "login_required",
-                                    "error_description": "Sign-in required."})
+            return json_reply(
+                401,
+                {"error": "login_required", "error_description": "Sign-in required."},
+            )
         return json_reply(200, session.user.to_json())
 
     def _check(self, request: Request) -> Flow[Outcome]:
         session = yield from self.session(request)
         if session is None:
-            return json_reply(401, {"error": "login_required",
-                                    "error_description": "Sign-in required."})
+            return json_reply(
+                401,
+                {"error": "login_required", "error_description": "Sign-in required."},
+            )
         self.check_allowed(session.user)
-        headers = [(name.decode("latin-1"), value.decode("latin-1"))
-                   for name, value in identity_headers(session.user)]
-        return Reply(200, [*headers, ("Content-Type", "text/plain"),
-                           *security_headers()], b"")
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in identity_headers(session.user)
+        ]
+        return Reply(
+            200, [*headers, ("Content-Type", "text/plain"), *security_headers()], b""
+        )
 
     def _health(self, request: Request) -> Flow[Outcome]:
-        return Reply(200, [("Content-Type", "text/plain"), ("Cache-Control", "no-store")],
-                     b"ok\n")
+        return Reply(
+            200,
+            [("Content-Type", "text/plain"), ("Cache-Control", "no-store")],
+            b"ok\n",
+        )
         yield  # pragma: no cover - makes this a generator like the other endpoints
 
     def _backchannel_logout(self, request: Request) -> Flow[Outcome]:
@@ -548,25 +663,33 @@ class Core:
             return self._method_not_allowed(request, "POST")
         body = yield ReadBody(MAX_BACKCHANNEL_BODY)
         if body is None:
-            raise RequestError("The logout request is too large.", status=413,
-                               detail="back-channel logout body over 64 KiB")
+            raise RequestError(
+                "The logout request is too large.",
+                status=413,
+                detail="back-channel logout body over 64 KiB",
+            )
         form = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
         token = form.get("logout_token")
         if not token:
-            raise RequestError("The logout request has no logout_token.",
-                               detail="back-channel logout without logout_token")
+            raise RequestError(
+                "The logout request has no logout_token.",
+                detail="back-channel logout without logout_token",
+            )
         metadata = yield from self.oidc.metadata()
         try:
             claims = yield from self.oidc.verify_logout_token(metadata, token)
         except TokenValidationError as exc:
-            raise RequestError("The logout token is invalid.",
-                               detail=f"logout token rejected: {exc.detail}") from exc
+            raise RequestError(
+                "The logout token is invalid.",
+                detail=f"logout token rejected: {exc.detail}",
+            ) from exc
         sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
         if self.uses_store:
             yield from self._revoke_stored(sub, sid)
         else:
             self.revocations.revoke(sub, sid)
+            self._forget(lambda _key, user: _names_session(user, sub, sid))
         logger.info("back-channel logout of sub=%s sid=%s", sub, sid)
         return Reply(200, [("Cache-Control", "no-store")], b"")
 
@@ -574,8 +697,10 @@ class Core:
         kind, value = ("sid", sid) if sid else ("sub", sub)
         index = f"{STORE_PREFIX}{kind}:{value}"
         members = yield from self._store(StoreCall("smembers", (index,)))
-        keys = [STORE_PREFIX + "s:" + (m.decode() if isinstance(m, bytes) else m)
-                for m in members or ()]
+        keys = [
+            STORE_PREFIX + "s:" + (m.decode() if isinstance(m, bytes) else m)
+            for m in members or ()
+        ]
         if keys:
             yield from self._store(StoreCall("delete", tuple(keys)))
         yield from self._store(StoreCall("delete", (index,)))
@@ -583,19 +708,36 @@ class Core:
     # Helpers
 
     def _method_not_allowed(self, request: Request, allow: str) -> Reply:
-        return error_reply(request, 405, "method_not_allowed",
-                           f"This endpoint accepts {allow} only.",
-                           headers=[("Allow", allow)])
+        return error_reply(
+            request,
+            405,
+            "method_not_allowed",
+            f"This endpoint accepts {allow} only.",
+            headers=[("Allow", allow)],
+        )
 
-    def _reject(self, request: Request, exc: RequestError, *,
-                referrer: bool = False) -> Reply:
+    def _reject(
+        self, request: Request, exc: RequestError, *, referrer: bool = False
+    ) -> Reply:
         level = logging.ERROR if exc.status >= 500 else logging.WARNING
-        logger.log(level, "%s %s rejected with %s: %s, request %s", request.method,
-                   request.path[:200], exc.status, exc.detail,
-                   self.request_id(request))
+        logger.log(
+            level,
+            "%s %s rejected with %s: %s, request %s",
+            request.method,
+            request.path[:200],
+            exc.status,
+            exc.detail,
+            self.request_id(request),
+        )
         retry = self.login_url if isinstance(exc, LoginError) else None
-        return error_reply(request, exc.status, exc.code, exc.message, retry_url=retry,
-                           referrer=referrer)
+        return error_reply(
+            request,
+            exc.status,
+            exc.code,
+            exc.message,
+            retry_url=retry,
+            referrer=referrer,
+        )
 
     def request_id(self, request: Request) -> str:
         value = request.headers.get("x-request-id")
@@ -626,8 +768,10 @@ class Core:
         if scheme not in ("http", "https"):
             scheme = "http"
         if not _HOST.fullmatch(host):
-            raise RequestError("The request's Host header is invalid.",
-                               detail=f"invalid host {host[:100]!r}")
+            raise RequestError(
+                "The request's Host header is invalid.",
+                detail=f"invalid host {host[:100]!r}",
+            )
         return f"{scheme}://{host}"
 
     def secure(self, request: Request) -> bool:
@@ -645,3 +789,17 @@ class Core:
         if self.settings.post_logout_redirect_uri:
             return self.settings.post_logout_redirect_uri
         return self.origin(request) + "/"
+
+
+def _contains(key: str | bytes, value: str) -> bool:
+    if isinstance(key, bytes):
+        return value.encode("latin-1") in key
+    return value in key
+
+
+def _names_session(user: Any, sub: str | None, sid: str | None) -> bool:
+    if not isinstance(user, User):
+        return False
+    if sid is not None:
+        return user.claims.get("sid") == sid
+    return user.sub == sub

@@ -62,12 +62,21 @@ Outcome = Reply | Forward
 
 # Client-sent headers that could pose as the middleware's identity headers. WSGI
 # servers merge "_" into "-", so both spellings are removed.
-SPOOFABLE_HEADERS = frozenset({
-    "x-forwarded-user", "x-forwarded-email", "x-forwarded-preferred-username",
-    "x-forwarded-groups", "x-forwarded-access-token", "remote-user", "x-remote-user",
-    "x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
-    "x-auth-request-preferred-username",
-})
+SPOOFABLE_HEADERS = frozenset(
+    {
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-preferred-username",
+        "x-forwarded-groups",
+        "x-forwarded-access-token",
+        "remote-user",
+        "x-remote-user",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+    }
+)
 
 
 def is_spoofable(name: str) -> bool:
@@ -93,8 +102,11 @@ def is_navigation(request: Request) -> bool:
 
 
 def is_preflight(request: Request) -> bool:
-    return (request.method == "OPTIONS" and "origin" in request.headers
-            and "access-control-request-method" in request.headers)
+    return (
+        request.method == "OPTIONS"
+        and "origin" in request.headers
+        and "access-control-request-method" in request.headers
+    )
 
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f\\]")
@@ -111,8 +123,11 @@ def safe_return_path(value: str | None) -> str:
     if not value or len(value) > 2048:
         return "/"
     for candidate in (value, unquote(value)):
-        if (not candidate.startswith("/") or candidate.startswith("//")
-                or _CONTROL.search(candidate)):
+        if (
+            not candidate.startswith("/")
+            or candidate.startswith("//")
+            or _CONTROL.search(candidate)
+        ):
             return "/"
         parts = urlsplit(candidate)
         if parts.scheme or parts.netloc:
@@ -140,8 +155,10 @@ def normalize_path(path: str) -> str:
 
 def compile_globs(patterns: Iterable[str]) -> re.Pattern[str] | None:
     """Compile glob patterns, where ``*`` matches any characters, ``/`` included."""
-    parts = [".*".join(re.escape(piece) for piece in pattern.split("*"))
-             for pattern in patterns]
+    parts = [
+        ".*".join(re.escape(piece) for piece in pattern.split("*"))
+        for pattern in patterns
+    ]
     if not parts:
         return None
     return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
@@ -159,18 +176,23 @@ def security_headers(*, referrer: bool = False) -> list[tuple[str, str]]:
     return headers
 
 
-def redirect(location: str, *, set_cookies: Iterable[str] = (),
-             referrer: bool = False) -> Reply:
+def redirect(
+    location: str, *, set_cookies: Iterable[str] = (), referrer: bool = False
+) -> Reply:
     headers = [("Location", location), *security_headers(referrer=referrer)]
     headers.extend(("Set-Cookie", cookie) for cookie in set_cookies)
     return Reply(302, headers)
 
 
-def json_reply(status: int, body: object, *, headers: Iterable[tuple[str, str]] = ()
-               ) -> Reply:
+def json_reply(
+    status: int, body: object, *, headers: Iterable[tuple[str, str]] = ()
+) -> Reply:
     data = json.dumps(body, separators=(",", ":")).encode("utf-8")
-    return Reply(status, [("Content-Type", "application/json"),
-                          *security_headers(), *headers], data)
+    return Reply(
+        status,
+        [("Content-Type", "application/json"), *security_headers(), *headers],
+        data,
+    )
 
 
 _PAGE = """<!doctype html>
@@ -184,28 +206,55 @@ button{{font:inherit;padding:.4rem 1rem}}</style></head>
 """
 
 
-def html_page(status: int, title: str, body_html: str, *,
-              headers: Iterable[tuple[str, str]] = (), referrer: bool = False) -> Reply:
+def html_page(
+    status: int,
+    title: str,
+    body_html: str,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    referrer: bool = False,
+) -> Reply:
     page = _PAGE.format(title=html.escape(title), body=body_html).encode("utf-8")
-    return Reply(status, [("Content-Type", "text/html; charset=utf-8"),
-                          ("Content-Security-Policy",
-                           "default-src 'none'; style-src 'unsafe-inline'; "
-                           "form-action 'self'"),
-                          *security_headers(referrer=referrer), *headers], page)
+    return Reply(
+        status,
+        [
+            ("Content-Type", "text/html; charset=utf-8"),
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            ),
+            *security_headers(referrer=referrer),
+            *headers,
+        ],
+        page,
+    )
 
 
-def error_reply(request: Request, status: int, code: str, message: str, *,
-                retry_url: str | None = None, referrer: bool = False,
-                headers: Iterable[tuple[str, str]] = ()) -> Reply:
+def error_reply(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_url: str | None = None,
+    referrer: bool = False,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Reply:
     """Return an error as an HTML page for browsers and as JSON otherwise."""
     if accepts_html(request):
         body = f"<p>{html.escape(message)}</p>"
         if retry_url is not None:
             body += f'<p><a href="{html.escape(retry_url)}">Sign in again</a></p>'
-        return html_page(status, _TITLES.get(status, "Request failed"), body,
-                         headers=headers, referrer=referrer)
-    reply = json_reply(status, {"error": code, "error_description": message},
-                       headers=headers)
+        return html_page(
+            status,
+            _TITLES.get(status, "Request failed"),
+            body,
+            headers=headers,
+            referrer=referrer,
+        )
+    reply = json_reply(
+        status, {"error": code, "error_description": message}, headers=headers
+    )
     if referrer:
         reply.headers.append(("Referrer-Policy", "no-referrer"))
     return reply

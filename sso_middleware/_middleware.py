@@ -38,9 +38,15 @@ class SSOMiddleware:
     settings: Settings
     core: Core
 
-    def __new__(cls, app: Any, settings: Settings | None = None, *,
-                interface: str | None = None, transport: Any = None,
-                **overrides: Any) -> SSOMiddleware:
+    def __new__(
+        cls,
+        app: Any,
+        settings: Settings | None = None,
+        *,
+        interface: str | None = None,
+        transport: Any = None,
+        **overrides: Any,
+    ) -> SSOMiddleware:
         if cls is SSOMiddleware:
             kind = interface or detect_interface(app)
             if kind == "asgi":
@@ -55,9 +61,15 @@ class SSOMiddleware:
                 raise ValueError(f"interface must be 'wsgi' or 'asgi', not {kind!r}")
         return super().__new__(cls)
 
-    def __init__(self, app: Any, settings: Settings | None = None, *,
-                 interface: str | None = None, transport: Any = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings | None = None,
+        *,
+        interface: str | None = None,
+        transport: Any = None,
+        **overrides: Any,
+    ) -> None:
         if settings is None:
             settings = Settings.from_env(**overrides)
         elif overrides:
@@ -73,15 +85,17 @@ class SSOMiddleware:
                 settings.redirect_path,
             )
         if settings.issuer.startswith("http:"):
-            logger.warning("SSO_ISSUER %s uses plain http: use https outside local "
-                           "development", settings.issuer)
+            logger.warning(
+                "SSO_ISSUER %s uses plain http: use https outside local development",
+                settings.issuer,
+            )
 
 
 def detect_interface(app: Any) -> str:
     """Return ``"asgi"`` for an ASGI application and ``"wsgi"`` otherwise."""
     if inspect.iscoroutinefunction(app):
         return "asgi"
-    call = getattr(app, "__call__", None)
+    call = getattr(type(app), "__call__", None)
     if call is not None and inspect.iscoroutinefunction(call):
         return "asgi"
     if isinstance(app, SSOMiddleware):

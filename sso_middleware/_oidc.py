@@ -64,10 +64,12 @@ class ProviderMetadata:
         # OpenID Connect Discovery 4.3: the issuer in the document must be identical
         # to the one configured, or tokens from another tenant could be accepted.
         if document.get("issuer") != settings.issuer:
-            raise ProviderError(*_provider_problem(
-                f"discovery names issuer {document.get('issuer')!r}, but "
-                f"SSO_ISSUER is {settings.issuer!r}; they must be identical"
-            ))
+            raise ProviderError(
+                *_provider_problem(
+                    f"discovery names issuer {document.get('issuer')!r}, but "
+                    f"SSO_ISSUER is {settings.issuer!r}; they must be identical"
+                )
+            )
         endpoints = {}
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             endpoints[name] = _endpoint(document, name, settings, required=True)
@@ -83,31 +85,37 @@ class ProviderMetadata:
         elif "client_secret_post" in methods:
             auth_method = "client_secret_post"
         else:
-            raise ProviderError(*_provider_problem(
-                "the token endpoint supports neither client_secret_basic nor "
-                f"client_secret_post (it lists {methods!r})"
-            ))
+            raise ProviderError(
+                *_provider_problem(
+                    "the token endpoint supports neither client_secret_basic nor "
+                    f"client_secret_post (it lists {methods!r})"
+                )
+            )
 
         challenge_methods = document.get("code_challenge_methods_supported")
         if isinstance(challenge_methods, list) and "S256" not in challenge_methods:
             # RFC 9700 2.1.1: PKCE with S256 is required, and "plain" gives no
             # protection against a leaked authorization request.
-            raise ProviderError(*_provider_problem(
-                "the provider does not support PKCE with S256"
-            ))
+            raise ProviderError(
+                *_provider_problem("the provider does not support PKCE with S256")
+            )
 
         advertised = document.get("id_token_signing_alg_values_supported")
         if not isinstance(advertised, list):
-            advertised = ["RS256"]  # OpenID Connect Discovery 3: RS256 must be supported.
+            advertised = [
+                "RS256"
+            ]  # OpenID Connect Discovery 3: RS256 must be supported.
         if settings.id_token_algorithms:
             algorithms = frozenset(settings.id_token_algorithms)
         else:
             algorithms = frozenset(a for a in advertised if a in ASYMMETRIC_ALGORITHMS)
         if not algorithms:
-            raise ProviderError(*_provider_problem(
-                f"the provider signs ID tokens only with {advertised!r}; set "
-                "SSO_ID_TOKEN_ALGORITHMS to accept a symmetric algorithm"
-            ))
+            raise ProviderError(
+                *_provider_problem(
+                    f"the provider signs ID tokens only with {advertised!r}; set "
+                    "SSO_ID_TOKEN_ALGORITHMS to accept a symmetric algorithm"
+                )
+            )
 
         return cls(
             issuer=settings.issuer,
@@ -120,14 +128,17 @@ class ProviderMetadata:
             signing_algorithms=algorithms,
             iss_parameter_supported=document.get(
                 "authorization_response_iss_parameter_supported"
-            ) is True,
+            )
+            is True,
         )
 
 
 def _provider_problem(detail: str) -> tuple[str]:
     logger.warning("identity provider misconfigured: %s", detail)
-    return ("The identity provider's configuration is not usable. "
-            "The administrator can find the reason in the log.",)
+    return (
+        "The identity provider's configuration is not usable. "
+        "The administrator can find the reason in the log.",
+    )
 
 
 def _endpoint(
@@ -142,7 +153,9 @@ def _endpoint(
     # An https issuer must not send tokens or secrets over plain http.
     allowed = ("https",) if settings.issuer.startswith("https:") else ("http", "https")
     if parts.scheme not in allowed or not parts.netloc:
-        raise ProviderError(*_provider_problem(f"discovery's {name} {value!r} is invalid"))
+        raise ProviderError(
+            *_provider_problem(f"discovery's {name} {value!r} is invalid")
+        )
     return value
 
 
@@ -171,7 +184,9 @@ class OpenIDClient:
         self._all_keys: list[jwt.PyJWK] = []
         self._keys_expires = 0.0
         self._keys_fetched = float("-inf")
-        self.discovery_url = settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        self.discovery_url = (
+            settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        )
 
     # Discovery and keys
 
@@ -222,7 +237,9 @@ class OpenIDClient:
         self._keys_expires = now + JWKS_TTL
         logger.debug("fetched %d signing keys", len(parsed))
 
-    def _key_for(self, metadata: ProviderMetadata, header: Mapping[str, Any]) -> Flow[Any]:
+    def _key_for(
+        self, metadata: ProviderMetadata, header: Mapping[str, Any]
+    ) -> Flow[Any]:
         algorithm = header.get("alg")
         if algorithm in HMAC_ALGORITHMS:
             return self.settings.client_secret.encode("utf-8")
@@ -265,16 +282,18 @@ class OpenIDClient:
         challenge = _b64(hashlib.sha256(verifier.encode("ascii")).digest())
         params = dict(self.settings.auth_params)
         params.update(extra_params)
-        params.update({
-            "response_type": "code",
-            "client_id": self.settings.client_id,
-            "redirect_uri": redirect_uri,
-            "scope": " ".join(self.settings.scopes),
-            "state": state,
-            "nonce": nonce,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        })
+        params.update(
+            {
+                "response_type": "code",
+                "client_id": self.settings.client_id,
+                "redirect_uri": redirect_uri,
+                "scope": " ".join(self.settings.scopes),
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        )
         separator = "&" if "?" in metadata.authorization_endpoint else "?"
         url = metadata.authorization_endpoint + separator + urlencode(params)
         return AuthorizationRequest(url, state, nonce, verifier)
@@ -299,7 +318,9 @@ class OpenIDClient:
         else:
             form["client_id"] = self.settings.client_id
             form["client_secret"] = self.settings.client_secret
-        request = httpx.Request("POST", metadata.token_endpoint, data=form, headers=headers)
+        request = httpx.Request(
+            "POST", metadata.token_endpoint, data=form, headers=headers
+        )
         response = yield from _send(request, "token endpoint")
         if 400 <= response.status_code < 500:
             body = _json_or_none(response)
@@ -329,14 +350,20 @@ class OpenIDClient:
         request = httpx.Request(
             "GET",
             metadata.userinfo_endpoint,
-            headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+            headers={
+                "Authorization": f"Bearer {access_token}",
+                "Accept": "application/json",
+            },
         )
         response = yield from _send(request, "userinfo endpoint")
         content_type = response.headers.get("content-type", "")
         if response.status_code != 200 or "json" not in content_type:
             # Userinfo only adds claims: without it the ID token's claims are used.
-            logger.info("userinfo skipped: status %s, content type %r",
-                        response.status_code, content_type[:60])
+            logger.info(
+                "userinfo skipped: status %s, content type %r",
+                response.status_code,
+                content_type[:60],
+            )
             return {}
         claims = _json_body(response, "userinfo endpoint")
         if not isinstance(claims, dict):
@@ -393,11 +420,19 @@ class OpenIDClient:
         if not isinstance(events, dict) or not isinstance(
             events.get(BACKCHANNEL_LOGOUT_EVENT), dict
         ):
-            raise TokenValidationError("The logout token is invalid.", detail="no logout event")
+            raise TokenValidationError(
+                "The logout token is invalid.", detail="no logout event"
+            )
         if "nonce" in claims:
-            raise TokenValidationError("The logout token is invalid.", detail="has a nonce")
-        if not isinstance(claims.get("sub"), str) and not isinstance(claims.get("sid"), str):
-            raise TokenValidationError("The logout token is invalid.", detail="no sub or sid")
+            raise TokenValidationError(
+                "The logout token is invalid.", detail="has a nonce"
+            )
+        if not isinstance(claims.get("sub"), str) and not isinstance(
+            claims.get("sid"), str
+        ):
+            raise TokenValidationError(
+                "The logout token is invalid.", detail="no sub or sid"
+            )
         if not isinstance(claims.get("jti"), str):
             raise TokenValidationError("The logout token is invalid.", detail="no jti")
         return claims
@@ -415,11 +450,15 @@ class OpenIDClient:
         self, metadata: ProviderMetadata, token: str, *, audience: bool
     ) -> Flow[dict[str, Any]]:
         if len(token) > 16384:
-            raise TokenValidationError("The token is too long.", detail="token over 16 KiB")
+            raise TokenValidationError(
+                "The token is too long.", detail="token over 16 KiB"
+            )
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise TokenValidationError("The token is malformed.", detail=str(exc)) from exc
+            raise TokenValidationError(
+                "The token is malformed.", detail=str(exc)
+            ) from exc
         algorithm = header.get("alg")
         # The algorithm comes from the token, so it is checked against the allow-list
         # before any key is chosen: "none" and HMAC with a public key are rejected.

@@ -31,9 +31,23 @@ VERIFIED_CACHE_SIZE = 10_000
 # The claims a session keeps. Everything else in the ID token is dropped, so the
 # cookie stays small.
 KEPT_CLAIMS = (
-    "sub", "iss", "email", "email_verified", "name", "preferred_username",
-    "given_name", "family_name", "groups", "roles", "sid", "oid", "organization_id",
-    "amr", "acr", "auth_time", "locale",
+    "sub",
+    "iss",
+    "email",
+    "email_verified",
+    "name",
+    "preferred_username",
+    "given_name",
+    "family_name",
+    "groups",
+    "roles",
+    "sid",
+    "oid",
+    "organization_id",
+    "amr",
+    "acr",
+    "auth_time",
+    "locale",
 )
 
 
@@ -59,7 +73,9 @@ class Session:
     sid: str | None
 
 
-def session_claims(claims: Mapping[str, Any], userinfo: Mapping[str, Any]) -> dict[str, Any]:
+def session_claims(
+    claims: Mapping[str, Any], userinfo: Mapping[str, Any]
+) -> dict[str, Any]:
     """Return the claims a session keeps: the ID token's, completed by userinfo."""
     kept = {name: userinfo[name] for name in KEPT_CLAIMS if name in userinfo}
     kept.update({name: claims[name] for name in KEPT_CLAIMS if name in claims})
@@ -79,7 +95,9 @@ class CookieCodec:
         self._session = URLSafeTimedSerializer(keys, salt="sso-middleware.session")
         self._state = URLSafeTimedSerializer(keys, salt="sso-middleware.state")
         self._id_token = URLSafeTimedSerializer(keys, salt="sso-middleware.id-token")
-        self._session_id = URLSafeTimedSerializer(keys, salt="sso-middleware.session-id")
+        self._session_id = URLSafeTimedSerializer(
+            keys, salt="sso-middleware.session-id"
+        )
         self.lifetime = settings.session_lifetime
         self.cookie_name = settings.cookie_name
         self.state_prefix = settings.cookie_name + ".state."
@@ -87,7 +105,7 @@ class CookieCodec:
         # A __Host- cookie must have Path=/, so the ID token cookie, which is scoped
         # to the logout path, uses the __Secure- prefix instead.
         if base.startswith("__Host-"):
-            base = "__Secure-" + base[len("__Host-"):]
+            base = "__Secure-" + base[len("__Host-") :]
         self.id_token_cookie = base + ".idt"
         self.secure_setting = settings.cookie_secure
         self.logout_path = settings.endpoint_prefix + "/logout"
@@ -140,11 +158,13 @@ class CookieCodec:
 
     # Login states
 
-    def new_state(self, state: str, nonce: str, verifier: str, return_to: str,
-                  redirect_uri: str) -> tuple[str, str]:
+    def new_state(
+        self, state: str, nonce: str, verifier: str, return_to: str, redirect_uri: str
+    ) -> tuple[str, str]:
         """Return the name and value of a new state cookie."""
-        value = self._state.dumps([state, nonce, verifier, return_to, redirect_uri,
-                                   time.time()])
+        value = self._state.dumps(
+            [state, nonce, verifier, return_to, redirect_uri, time.time()]
+        )
         return self.state_cookie_name(state), value
 
     def state_cookie_name(self, state: str) -> str:
@@ -158,19 +178,27 @@ class CookieCodec:
             entry = self._state.loads(value, max_age=STATE_LIFETIME)
         except BadData:
             return None
-        if not (isinstance(entry, list) and len(entry) == 6
-                and all(isinstance(item, str) for item in entry[:5])):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 6
+            and all(isinstance(item, str) for item in entry[:5])
+            and isinstance(entry[5], int | float)
+        ):
             return None
         # RFC 9700 4.7.1: the state binds the callback to this browser's login.
         if not hmac.compare_digest(entry[0].encode(), state.encode()):
             return None
-        return LoginState(*entry[:5], issued_at=float(entry[5]))
+        state_value, nonce, verifier, return_to, redirect_uri, issued_at = entry
+        return LoginState(
+            state_value, nonce, verifier, return_to, redirect_uri, float(issued_at)
+        )
 
     def state_age(self, value: str) -> float | None:
         """Return when a state cookie was signed, or None when it is invalid."""
         try:
-            _, signed_at = self._state.loads(value, max_age=STATE_LIFETIME,
-                                             return_timestamp=True)
+            _, signed_at = self._state.loads(
+                value, max_age=STATE_LIFETIME, return_timestamp=True
+            )
         except BadData:
             return None
         return float(signed_at.timestamp())
@@ -189,23 +217,42 @@ class CookieCodec:
 
     # Cookie headers
 
-    def set_cookie(self, name: str, value: str, *, secure: bool, max_age: int,
-                   path: str = "/") -> str:
+    def set_cookie(
+        self, name: str, value: str, *, secure: bool, max_age: int, path: str = "/"
+    ) -> str:
         """Format a Set-Cookie value: HttpOnly and SameSite=Lax always.
 
         SameSite=Lax keeps the cookie off cross-site subrequests and POSTs, yet sends
         it on the top-level navigation back from the provider.
         """
-        return dump_cookie(name, value, max_age=max_age, path=path, secure=secure,
-                           httponly=True, samesite="Lax")
+        return dump_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path=path,
+            secure=secure,
+            httponly=True,
+            samesite="Lax",
+        )
 
     def delete_cookie(self, name: str, *, secure: bool, path: str = "/") -> str:
-        return dump_cookie(name, "", max_age=0, expires=0, path=path, secure=secure,
-                           httponly=True, samesite="Lax")
+        return dump_cookie(
+            name,
+            "",
+            max_age=0,
+            expires=0,
+            path=path,
+            secure=secure,
+            httponly=True,
+            samesite="Lax",
+        )
 
     def is_own_cookie(self, name: str) -> bool:
-        return (name == self.cookie_name or name == self.id_token_cookie
-                or name.startswith(self.state_prefix))
+        return (
+            name == self.cookie_name
+            or name == self.id_token_cookie
+            or name.startswith(self.state_prefix)
+        )
 
 
 def session_from_payload(payload: Any) -> Session | None:
@@ -215,9 +262,12 @@ def session_from_payload(payload: Any) -> Session | None:
     claims = payload.get("c")
     expires_at = payload.get("exp")
     issued_at = payload.get("iat")
-    if (not isinstance(claims, dict) or not isinstance(claims.get("sub"), str)
-            or not isinstance(expires_at, int | float)
-            or not isinstance(issued_at, int | float)):
+    if (
+        not isinstance(claims, dict)
+        or not isinstance(claims.get("sub"), str)
+        or not isinstance(expires_at, int | float)
+        or not isinstance(issued_at, int | float)
+    ):
         return None
     sid = claims.get("sid")
     return Session(

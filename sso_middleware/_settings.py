@@ -21,8 +21,18 @@ MIN_SECRET_KEY_LENGTH = 32
 # because they turn the client secret into a signing key: they must be named in
 # ``id_token_algorithms`` to be accepted.
 ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-     "EdDSA"}
+    {
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "EdDSA",
+    }
 )
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 
@@ -184,7 +194,9 @@ def _coerce(settings: Settings, problems: dict[str, str]) -> dict[str, Any]:
             parts = value.split(separator) if separator != " " else value.split()
             values[name] = tuple(part.strip() for part in parts if part.strip())
         elif isinstance(value, list | tuple | set | frozenset):
-            values[name] = tuple(str(part).strip() for part in value if str(part).strip())
+            values[name] = tuple(
+                str(part).strip() for part in value if str(part).strip()
+            )
         else:
             problems[env_name(name)] = "must be a list of strings"
 
@@ -192,7 +204,9 @@ def _coerce(settings: Settings, problems: dict[str, str]) -> dict[str, Any]:
     if isinstance(params, str):
         values["auth_params"] = MappingProxyType(_parse_params(params, problems))
     elif isinstance(params, Mapping):
-        values["auth_params"] = MappingProxyType({str(k): str(v) for k, v in params.items()})
+        values["auth_params"] = MappingProxyType(
+            {str(k): str(v) for k, v in params.items()}
+        )
     else:
         problems[env_name("auth_params")] = "must be key=value pairs, comma-separated"
 
@@ -233,9 +247,19 @@ def _parse_params(text: str, problems: dict[str, str]) -> dict[str, str]:
 # Parameters that the middleware sets itself: an extra value for one of them would
 # replace state, nonce or PKCE and undo their protection.
 RESERVED_AUTH_PARAMS = frozenset(
-    {"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
-     "code_challenge", "code_challenge_method", "response_mode", "request",
-     "request_uri"}
+    {
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "response_mode",
+        "request",
+        "request_uri",
+    }
 )
 
 
@@ -245,54 +269,92 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
 
     issuer = urlsplit(s.issuer) if isinstance(s.issuer, str) else None
     if not s.issuer:
-        bad("issuer", "is missing: set the provider's issuer URL, such as "
-            "https://login.example.com")
+        bad(
+            "issuer",
+            "is missing: set the provider's issuer URL, such as "
+            "https://login.example.com",
+        )
     elif issuer is None or issuer.scheme not in ("http", "https") or not issuer.netloc:
-        bad("issuer", f"must be an http(s) URL such as https://login.example.com, "
-            f"not {s.issuer!r}")
+        bad(
+            "issuer",
+            f"must be an http(s) URL such as https://login.example.com, "
+            f"not {s.issuer!r}",
+        )
     elif issuer.query or issuer.fragment:
         bad("issuer", f"must have no query or fragment, not {s.issuer!r}")
 
     if not s.client_id:
         bad("client_id", "is missing: set the client ID registered at the provider")
     if not s.client_secret:
-        bad("client_secret", "is missing: set the client secret registered at the "
-            "provider")
+        bad(
+            "client_secret",
+            "is missing: set the client secret registered at the provider",
+        )
 
     keys = s.secret_keys
     if not keys:
-        bad("secret_key", f"is missing: set a random string of at least "
+        bad(
+            "secret_key",
+            f"is missing: set a random string of at least "
             f"{MIN_SECRET_KEY_LENGTH} characters, for example from "
-            "'python -c \"import secrets; print(secrets.token_urlsafe(32))\"'")
+            "'python -c \"import secrets; print(secrets.token_urlsafe(32))\"'",
+        )
     elif any(len(key) < MIN_SECRET_KEY_LENGTH for key in keys):
-        bad("secret_key", f"must be at least {MIN_SECRET_KEY_LENGTH} characters "
-            "(each key of a comma-separated list)")
+        bad(
+            "secret_key",
+            f"must be at least {MIN_SECRET_KEY_LENGTH} characters "
+            "(each key of a comma-separated list)",
+        )
 
     if s.redirect_uri:
         parts = urlsplit(s.redirect_uri)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
-            bad("redirect_uri", f"must be an absolute http(s) URL without a fragment, "
-                f"such as https://app.example.com/_sso/callback, not {s.redirect_uri!r}")
+            bad(
+                "redirect_uri",
+                f"must be an absolute http(s) URL without a fragment, "
+                f"such as https://app.example.com/_sso/callback, not {s.redirect_uri!r}",
+            )
     for name in ("redirect_path", "endpoint_prefix"):
         value = getattr(s, name)
-        if not isinstance(value, str) or not value.startswith("/") or value.startswith(
-            "//"
-        ) or any(c in value for c in "?#\\ \t\r\n"):
+        if (
+            not isinstance(value, str)
+            or not value.startswith("/")
+            or value.startswith("//")
+            or any(c in value for c in "?#\\ \t\r\n")
+        ):
             bad(name, f"must be an absolute path such as /_sso/callback, not {value!r}")
     if isinstance(s.endpoint_prefix, str) and s.endpoint_prefix.endswith("/"):
         bad("endpoint_prefix", "must not end with '/', such as /_sso")
     if s.post_logout_redirect_uri:
         parts = urlsplit(s.post_logout_redirect_uri)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            bad("post_logout_redirect_uri", "must be an absolute http(s) URL, not "
-                f"{s.post_logout_redirect_uri!r}")
+            bad(
+                "post_logout_redirect_uri",
+                f"must be an absolute http(s) URL, not {s.post_logout_redirect_uri!r}",
+            )
 
     if "openid" not in s.scopes:
-        bad("scopes", f"must include 'openid', such as 'openid email profile'; got "
-            f"{' '.join(s.scopes)!r}")
+        bad(
+            "scopes",
+            f"must include 'openid', such as 'openid email profile'; got "
+            f"{' '.join(s.scopes)!r}",
+        )
     if isinstance(s.cookie_name, str) and not _COOKIE_NAME.fullmatch(s.cookie_name):
-        bad("cookie_name", f"must be a cookie name of letters, digits and -_., not "
-            f"{s.cookie_name!r}")
+        bad(
+            "cookie_name",
+            f"must be a cookie name of letters, digits and -_., not {s.cookie_name!r}",
+        )
+    if (
+        isinstance(s.cookie_name, str)
+        and s.cookie_name.startswith(("__Host-", "__Secure-"))
+        and s.cookie_secure == "false"
+    ):
+        # RFC 6265bis 4.1.3: browsers drop such cookies unless they are Secure.
+        bad(
+            "cookie_secure",
+            f"must be auto or true with the cookie name "
+            f"{s.cookie_name!r}, whose prefix requires the Secure attribute",
+        )
     if s.cookie_secure not in ("auto", "true", "false"):
         bad("cookie_secure", f"must be auto, true or false, not {s.cookie_secure!r}")
     if isinstance(s.session_lifetime, int) and s.session_lifetime <= 0:
@@ -303,30 +365,44 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
     if s.session_store != "cookie":
         scheme = urlsplit(s.session_store).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            bad("session_store", "must be 'cookie' or a redis:// URL such as "
-                f"redis://localhost:6379/0, not {_mask_url_password(s.session_store)!r}")
+            bad(
+                "session_store",
+                "must be 'cookie' or a redis:// URL such as "
+                f"redis://localhost:6379/0, not {_mask_url_password(s.session_store)!r}",
+            )
 
     for key in s.auth_params:
         if key in RESERVED_AUTH_PARAMS or not _PARAM_NAME.fullmatch(key):
-            bad("auth_params", f"cannot set {key!r}: the middleware sets it itself, or it "
-                "is not a parameter name")
+            bad(
+                "auth_params",
+                f"cannot set {key!r}: the middleware sets it itself, or it "
+                "is not a parameter name",
+            )
     for domain in s.allowed_email_domains:
         if "@" in domain or not domain.strip("."):
-            bad("allowed_email_domains", f"must be domains such as example.com, not "
-                f"{domain!r}")
+            bad(
+                "allowed_email_domains",
+                f"must be domains such as example.com, not {domain!r}",
+            )
 
     for proxy in s.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
-            bad("trusted_proxies", f"must be IP addresses or networks such as "
-                f"127.0.0.1,10.0.0.0/8, not {proxy!r}")
+            bad(
+                "trusted_proxies",
+                f"must be IP addresses or networks such as "
+                f"127.0.0.1,10.0.0.0/8, not {proxy!r}",
+            )
 
     allowed = ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS
     for algorithm in s.id_token_algorithms:
         if algorithm not in allowed:
-            bad("id_token_algorithms", f"must name signature algorithms from "
-                f"{', '.join(sorted(allowed))}; {algorithm!r} is not one")
+            bad(
+                "id_token_algorithms",
+                f"must name signature algorithms from "
+                f"{', '.join(sorted(allowed))}; {algorithm!r} is not one",
+            )
 
 
 def _mask_url_password(url: str) -> str:

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import httpx
 
 from ._effects import Flow, ReadBody, StoreCall
-from ._http import Forward, Outcome, Reply, Request, SPOOFABLE_HEADERS
+from ._http import SPOOFABLE_HEADERS, Forward, Outcome, Reply, Request
 from ._middleware import SSOMiddleware
 from ._user import User
 
@@ -18,27 +18,39 @@ Environ = dict[str, Any]
 
 # The environ keys of the spoofable headers: WSGI servers turn "-" into "_", so
 # "X-Forwarded_User" lands on the same key.
-SPOOFABLE_KEYS = tuple("HTTP_" + name.upper().replace("-", "_")
-                       for name in sorted(SPOOFABLE_HEADERS))
+SPOOFABLE_KEYS = tuple(
+    "HTTP_" + name.upper().replace("-", "_") for name in sorted(SPOOFABLE_HEADERS)
+)
 
 
 class WSGIMiddleware(SSOMiddleware):
     """The WSGI form of :class:`SSOMiddleware`."""
 
-    def __init__(self, app: Any, settings: Any = None, *, interface: str | None = None,
-                 transport: Any = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Any = None,
+        *,
+        interface: str | None = None,
+        transport: Any = None,
+        **overrides: Any,
+    ) -> None:
         super().__init__(app, settings, interface=interface, **overrides)
-        self.client = httpx.Client(timeout=self.timeout, transport=transport,
-                                   follow_redirects=False)
+        self.client = httpx.Client(
+            timeout=self.timeout, transport=transport, follow_redirects=False
+        )
         self.store = None
         if self.core.uses_store:
             import redis
 
-            self.store = redis.Redis.from_url(self.settings.session_store,
-                                              socket_timeout=2, socket_connect_timeout=2)
+            self.store = redis.Redis.from_url(
+                self.settings.session_store, socket_timeout=2, socket_connect_timeout=2
+            )
         self._fast = self.core.fast_session
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(
+        self, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
         cookie = environ.get("HTTP_COOKIE")
         if cookie is not None:
             hit = self._fast(cookie, environ.get("PATH_INFO", ""))
@@ -48,14 +60,26 @@ class WSGIMiddleware(SSOMiddleware):
         outcome = self._run(self.core.handle(request), environ)
         if isinstance(outcome, Forward):
             if outcome.cacheable_until is not None and cookie is not None:
-                self.core.remember(cookie, outcome.user, outcome.cookie,
-                                   outcome.cacheable_until)
-            return self._forward(environ, start_response, outcome.user, outcome.cookie,
-                                 outcome.set_cookies)
+                self.core.remember(
+                    cookie, outcome.user, outcome.cookie, outcome.cacheable_until
+                )
+            return self._forward(
+                environ,
+                start_response,
+                outcome.user,
+                outcome.cookie,
+                outcome.set_cookies,
+            )
         return self._reply(environ, start_response, outcome)
 
-    def _forward(self, environ: Environ, start_response: StartResponse, user: Any,
-                 cookie: str | None, set_cookies: Iterable[str]) -> Iterable[bytes]:
+    def _forward(
+        self,
+        environ: Environ,
+        start_response: StartResponse,
+        user: Any,
+        cookie: str | None,
+        set_cookies: Iterable[str],
+    ) -> Iterable[bytes]:
         for key in SPOOFABLE_KEYS:
             environ.pop(key, None)
         if cookie is None:
@@ -70,15 +94,17 @@ class WSGIMiddleware(SSOMiddleware):
         if set_cookies:
             extra = [("Set-Cookie", value) for value in set_cookies]
 
-            def start_with_cookies(status: str, headers: list[tuple[str, str]],
-                                   exc_info: Any = None) -> Any:
+            def start_with_cookies(
+                status: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Any:
                 return start_response(status, headers + extra, exc_info)
 
             return self.app(environ, start_with_cookies)  # type: ignore[no-any-return]
         return self.app(environ, start_response)  # type: ignore[no-any-return]
 
-    def _reply(self, environ: Environ, start_response: StartResponse,
-               reply: Reply) -> Iterable[bytes]:
+    def _reply(
+        self, environ: Environ, start_response: StartResponse, reply: Reply
+    ) -> Iterable[bytes]:
         headers = list(reply.headers)
         headers.append(("Content-Length", str(len(reply.body))))
         start_response(f"{reply.status} {_reason(reply.status)}", headers)
@@ -129,12 +155,15 @@ def request_from_environ(environ: Environ) -> Request:
     query = environ.get("QUERY_STRING", "")
     target = environ.get("REQUEST_URI") or environ.get("RAW_URI")
     if not target:
-        raw_path = quote(_wsgi_str(environ.get("SCRIPT_NAME", "")) + path,
-                         safe="/;=,:@!$&'()*+~")
+        raw_path = quote(
+            _wsgi_str(environ.get("SCRIPT_NAME", "")) + path, safe="/;=,:@!$&'()*+~"
+        )
         target = raw_path + ("?" + query if query else "")
     if "host" not in headers:
-        headers["host"] = f"{environ.get('SERVER_NAME', 'localhost')}:" \
-                          f"{environ.get('SERVER_PORT', '80')}"
+        headers["host"] = (
+            f"{environ.get('SERVER_NAME', 'localhost')}:"
+            f"{environ.get('SERVER_PORT', '80')}"
+        )
     return Request(
         method=environ.get("REQUEST_METHOD", "GET").upper(),
         scheme=environ.get("wsgi.url_scheme", "http"),
@@ -168,4 +197,3 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
-
