@@ -324,7 +324,9 @@ class Core:
             value = claims.get(name)
             if isinstance(value, str) and _PARAM_VALUE.fullmatch(value):
                 params[name] = value
-        if not params:
+        if "organization_id" not in params and "connection_id" not in params:
+            # Scalekit routes a login by organization or connection: a token with
+            # neither cannot start the login it claims to.
             raise TokenValidationError(
                 "The sign-in link is invalid.",
                 detail="IdP-initiated login token names no organization or connection",

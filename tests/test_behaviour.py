@@ -11,75 +11,29 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from sso_middleware import Settings, SSOMiddleware
 from tests.support import servers
-from tests.support.apps import create_flask_app, create_starlette_app
-from tests.support.browser import NAVIGATION_HEADERS, login
+from tests.support.browser import NAVIGATION_HEADERS
 from tests.support.servers import Provider
-from tests.support.threads import serve_asgi, serve_wsgi
-
-JSON = {"Accept": "application/json"}
-
-
-@dataclass
-class Site:
-    """An application behind the middleware, served over HTTP on loopback."""
-
-    url: str
-    client: httpx.Client
-    interface: str
-    middleware: Any
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.client.get(self.url + path, **kwargs)
-
-    def navigate(self, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {**NAVIGATION_HEADERS, **kwargs.pop("headers", {})}
-        return self.client.get(self.url + path, headers=headers, **kwargs)
-
-    def login(self, path: str = "/whoami", user: str = "alice") -> Any:
-        return login(self.client, self.url + path, user=user)
-
-    def session_cookie(self) -> str | None:
-        return self.client.cookies.get("sso_session")
-
+from tests.support.sites import INTERFACES, JSON, Site, build_site
 
 MakeSite = Callable[..., Site]
 
 
-@pytest.fixture(params=["wsgi", "asgi"])
+@pytest.fixture(params=INTERFACES)
 def make_site(request: pytest.FixtureRequest, provider: Provider) -> Iterator[MakeSite]:
     """Build and serve a protected application; ``overrides`` are settings."""
-    interface = request.param
     with ExitStack() as stack:
 
         def make(transport: Any = None, **overrides: Any) -> Site:
-            values = {
-                "issuer": provider.issuer,
-                "client_id": servers.CLIENT_ID,
-                "client_secret": servers.CLIENT_SECRET,
-                "secret_key": servers.SECRET_KEY,
-            }
-            settings = Settings(**{**values, **overrides})
-            if interface == "wsgi":
-                middleware = SSOMiddleware(
-                    create_flask_app(), settings, transport=transport
-                )
-                url = stack.enter_context(serve_wsgi(middleware))
-            else:
-                middleware = SSOMiddleware(
-                    create_starlette_app(), settings, transport=transport
-                )
-                url = stack.enter_context(serve_asgi(middleware))
-            client = stack.enter_context(httpx.Client(trust_env=False, timeout=10))
-            return Site(url, client, interface, middleware)
+            issuer = overrides.pop("issuer", provider.issuer)
+            return build_site(stack, request.param, issuer, transport=transport,
+                              **overrides)
 
         yield make
 
