@@ -29,10 +29,6 @@ from tests.support.hostile_provider import (
     pkce_challenge,
 )
 
-# Registers the hostile_provider fixtures. A conftest that lists the module as well is
-# fine, because pytest registers a plugin once.
-pytest_plugins = ["tests.support.hostile_provider"]
-
 # Never fetched: the client does not follow redirects.
 REDIRECT_URI = "http://127.0.0.1:9/_sso/callback"
 MISSING = object()

@@ -17,18 +17,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from tests.support.browser import NAVIGATION_HEADERS
-from tests.support.hostile_provider import (
-    HostileProvider,
-    hostile_provider,  # noqa: F401 - fixture
-    hostile_provider_server,  # noqa: F401 - fixture
-)
+from tests.support.hostile_provider import HostileProvider
 from tests.support.sites import INTERFACES, Site, build_site
 
 
 @pytest.fixture(params=INTERFACES)
 def site(
     request: pytest.FixtureRequest,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> Iterator[Site]:
     with ExitStack() as stack:
         yield build_site(
@@ -69,7 +65,7 @@ def authorize_params(response: Any) -> dict[str, str]:
 
 def test_idp_initiated_login_routes_connection(
     site: Site,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     response = start(site, login_token(hostile_provider))
     assert response.status_code == 302
@@ -83,7 +79,7 @@ def test_idp_initiated_login_routes_connection(
 
 def test_idp_initiated_login_returns_to_relay_state(
     site: Site,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     first = start(site, login_token(hostile_provider))
     final = site.client.get(
@@ -98,7 +94,7 @@ def test_idp_initiated_login_returns_to_relay_state(
 
 def test_relay_state_stays_on_site(
     site: Site,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     first = start(site, login_token(hostile_provider, relay_state="//evil.example/x"))
     callback = site.client.get(first.headers["location"])
@@ -118,7 +114,7 @@ def test_relay_state_stays_on_site(
 def test_invalid_login_token_rejected(
     site: Site,
     hostile_provider: HostileProvider,
-    changes: dict[str, Any],  # noqa: F811
+    changes: dict[str, Any],
 ) -> None:
     response = start(site, login_token(hostile_provider, **changes))
     assert response.status_code == 400
@@ -128,7 +124,7 @@ def test_invalid_login_token_rejected(
 
 def test_login_token_from_other_key_rejected(
     site: Site,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     with HostileProvider() as stranger:
         forged = stranger.sign_jwt(

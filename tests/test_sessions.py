@@ -14,11 +14,7 @@ import httpx
 import pytest
 
 from tests.support import servers
-from tests.support.hostile_provider import (
-    HostileProvider,
-    hostile_provider,  # noqa: F401 - fixture
-    hostile_provider_server,  # noqa: F401 - fixture
-)
+from tests.support.hostile_provider import HostileProvider
 from tests.support.sites import INTERFACES, JSON, Site, build_site
 
 MakeSite = Callable[..., Site]
@@ -27,7 +23,7 @@ MakeSite = Callable[..., Site]
 @pytest.fixture(params=INTERFACES)
 def make_site(
     request: pytest.FixtureRequest,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> Iterator[MakeSite]:
     with ExitStack() as stack:
 
@@ -65,7 +61,7 @@ def backchannel_logout(site: Site, token: str) -> httpx.Response:
 def test_backchannel_logout_ends_cookie_session(
     make_site: MakeSite,
     hostile_provider: HostileProvider,
-    by: str,  # noqa: F811
+    by: str,
 ) -> None:
     site = make_site()
     claims = logged_in(site)
@@ -79,7 +75,7 @@ def test_backchannel_logout_ends_cookie_session(
 
 def test_backchannel_logout_spares_new_login(
     make_site: MakeSite,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     site = make_site()
     claims = logged_in(site)
@@ -103,7 +99,7 @@ def test_backchannel_logout_spares_new_login(
 )
 def test_invalid_logout_token_gets_400(
     make_site: MakeSite,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
     mutate: Callable[[dict[str, Any]], Any],
 ) -> None:
     site = make_site()
@@ -121,7 +117,7 @@ def test_invalid_logout_token_gets_400(
 
 def test_logout_token_from_other_key_rejected(
     make_site: MakeSite,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     site = make_site()
     claims = logged_in(site)
@@ -166,7 +162,7 @@ def test_redis_session_works(make_site: MakeSite, redis_url: str) -> None:
 def test_redis_revocation_reaches_every_instance(
     make_site: MakeSite,
     redis_url: str,
-    hostile_provider: HostileProvider,  # noqa: F811
+    hostile_provider: HostileProvider,
 ) -> None:
     first = make_site(session_store=redis_url)
     second = make_site(session_store=redis_url)

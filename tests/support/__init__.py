@@ -1,0 +1,1 @@
+"""Helpers that start real servers and drive logins for the test suite."""
