@@ -190,12 +190,16 @@ class Core:
         """Remember the outcome of a verified Cookie header until ``until``."""
         if len(self._forwards) >= FORWARD_CACHE_SIZE:
             # Dictionaries keep insertion order, so this evicts the oldest entry.
-            del self._forwards[next(iter(self._forwards))]
+            # Another thread may evict at the same time, which is harmless.
+            try:
+                del self._forwards[next(iter(self._forwards))]
+            except (KeyError, RuntimeError, StopIteration):
+                pass
         self._forwards[cookie] = (user, cleaned, until)
 
     def _forget(self, matches: Callable[[str | bytes, Any], bool]) -> None:
         """Drop the remembered Cookie headers whose key and user match."""
-        for key in [k for k, hit in self._forwards.items() if matches(k, hit[0])]:
+        for key in [k for k, hit in list(self._forwards.items()) if matches(k, hit[0])]:
             self._forwards.pop(key, None)
 
     def is_public(self, path: str) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cachetools import LRUCache, TTLCache
 from itsdangerous import BadData, URLSafeTimedSerializer
@@ -73,6 +74,9 @@ class Session:
     sid: str | None
 
 
+_MISSING = object()
+
+
 def session_claims(
     claims: Mapping[str, Any], userinfo: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -109,7 +113,12 @@ class CookieCodec:
         self.id_token_cookie = base + ".idt"
         self.secure_setting = settings.cookie_secure
         self.logout_path = settings.endpoint_prefix + "/logout"
-        self._verified: LRUCache[str, Session | None] = LRUCache(VERIFIED_CACHE_SIZE)
+        self._verified: LRUCache[str, Session | None | object] = LRUCache(
+            VERIFIED_CACHE_SIZE
+        )
+        # cachetools caches are not thread-safe, and WSGI servers run requests in
+        # threads.
+        self._lock = threading.Lock()
 
     # Sessions
 
@@ -121,11 +130,14 @@ class CookieCodec:
 
         A cache hit does no HMAC or JSON work. The expiry is checked on every call.
         """
-        try:
-            session = self._verified[value]
-        except KeyError:
+        with self._lock:
+            cached = self._verified.get(value, _MISSING)
+        if cached is _MISSING:
             session = self._load_session(value)
-            self._verified[value] = session
+            with self._lock:
+                self._verified[value] = session
+        else:
+            session = cast("Session | None", cached)
         if session is None or session.expires_at <= time.time():
             return None
         return session
@@ -289,28 +301,32 @@ class Revocations:
         self._sids: TTLCache[str, float] = TTLCache(100_000, lifetime)
         self._subs: TTLCache[str, float] = TTLCache(100_000, lifetime)
         self._cookies: TTLCache[str, bool] = TTLCache(100_000, lifetime)
+        self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self._sids) or bool(self._subs) or bool(self._cookies)
 
     def revoke_cookie(self, value: str) -> None:
-        self._cookies[value] = True
+        with self._lock:
+            self._cookies[value] = True
 
     def revoke(self, sub: str | None, sid: str | None) -> None:
         now = time.time()
-        if sid:
-            self._sids[sid] = now
-        elif sub:
-            # Without a sid the provider ends every session of the user that exists
-            # now. Sessions started later are not affected.
-            self._subs[sub] = now
+        with self._lock:
+            if sid:
+                self._sids[sid] = now
+            elif sub:
+                # Without a sid the provider ends every session of the user that
+                # exists now. Sessions started later are not affected.
+                self._subs[sub] = now
 
     def is_revoked(self, session: Session, value: str) -> bool:
-        if value in self._cookies:
-            return True
-        if session.sid is not None and session.sid in self._sids:
-            return True
-        revoked_at = self._subs.get(session.user.sub)
+        with self._lock:
+            if value in self._cookies:
+                return True
+            if session.sid is not None and session.sid in self._sids:
+                return True
+            revoked_at = self._subs.get(session.user.sub)
         return revoked_at is not None and session.issued_at <= revoked_at
 
 
@@ -319,13 +335,15 @@ class UsedStates:
 
     def __init__(self) -> None:
         self._used: TTLCache[str, bool] = TTLCache(100_000, STATE_LIFETIME)
+        self._lock = threading.Lock()
 
     def claim(self, state: str) -> bool:
         """Mark ``state`` used. Return False when it was used before."""
-        if state in self._used:
-            return False
-        self._used[state] = True
-        return True
+        with self._lock:
+            if state in self._used:
+                return False
+            self._used[state] = True
+            return True
 
 
 def new_session_id() -> str:
