@@ -77,8 +77,9 @@ _PARAM_VALUE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,255}")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 MAX_BACKCHANNEL_BODY = 64 * 1024
-# Verified Cookie headers remembered for the hot path. Each entry holds the header
-# and a shared User, roughly 1 KiB, so the cache stays within about 10 MiB.
+# Verified Cookie headers remembered for the hot path. Each entry keeps the header
+# and a shared User, roughly 1 KiB, so the cache stays within about 10 MiB
+# (an estimate).
 FORWARD_CACHE_SIZE = 10_000
 STORE_PREFIX = "sso:"
 
@@ -555,32 +556,9 @@ class Core:
                     '<button type="submit">Sign out</button></form>'
                 ),
             )
+
+        id_token = yield from self._end_local_session(request)
         secure = self.secure(request)
-        id_token = None
-        value = self._cookie(request, self.cookies.cookie_name)
-        if self.uses_store and value:
-            session_id = self.cookies.load_session_id(value)
-            if session_id is not None:
-                key = STORE_PREFIX + "s:" + session_id
-                data = yield from self._store(StoreCall("get", (key,)))
-                if data:
-                    try:
-                        stored = json.loads(data)
-                        id_token = (
-                            stored.get("idt") if isinstance(stored, dict) else None
-                        )
-                    except ValueError:
-                        id_token = None
-                yield from self._store(StoreCall("delete", (key,)))
-        else:
-            token_value = self._cookie(request, self.cookies.id_token_cookie)
-            id_token = self.cookies.load_id_token(token_value) if token_value else None
-            session = self.cookies.load_session(value) if value else None
-            if value and session is not None:
-                # A cookie session cannot be deleted from the browser of an attacker
-                # who copied it, so this process also stops accepting it.
-                self.revocations.revoke_cookie(value)
-                self._forget(lambda key, _user: _contains(key, value))
         cookies = [
             self.cookies.delete_cookie(self.cookies.cookie_name, secure=secure),
             self.cookies.delete_cookie(
@@ -590,12 +568,14 @@ class Core:
             ),
         ]
         logger.info("logout, request %s", self.request_id(request))
-        metadata = None
+
         try:
             metadata = yield from self.oidc.metadata()
         except ProviderError:
             metadata = None
         if metadata is not None and metadata.end_session_endpoint:
+            # OpenID Connect RP-Initiated Logout 1.0: the provider ends its own
+            # session, then returns the browser to post_logout_redirect_uri.
             params = {
                 "client_id": self.settings.client_id,
                 "post_logout_redirect_uri": self.post_logout_uri(request),
@@ -607,15 +587,43 @@ class Core:
                 metadata.end_session_endpoint + separator + urlencode(params),
                 set_cookies=cookies,
             )
+
         headers = [("Set-Cookie", cookie) for cookie in cookies]
-        if is_navigation(request) or (
-            request.method == "POST"
-            and "text/html" in (request.headers.get("accept", ""))
-        ):
+        if "text/html" in request.headers.get("accept", ""):
             return html_page(
                 200, "Signed out", "<p>You are signed out.</p>", headers=headers
             )
         return json_reply(200, {"status": "signed_out"}, headers=headers)
+
+    def _end_local_session(self, request: Request) -> Flow[str | None]:
+        """End the request's session in this process or the store.
+
+        Returns the session's ID token, for the provider's logout, when it is known.
+        """
+        value = self._cookie(request, self.cookies.cookie_name)
+        if not value:
+            return None
+        if self.uses_store:
+            session_id = self.cookies.load_session_id(value)
+            if session_id is None:
+                return None
+            key = STORE_PREFIX + "s:" + session_id
+            data = yield from self._store(StoreCall("get", (key,)))
+            yield from self._store(StoreCall("delete", (key,)))
+            try:
+                stored = json.loads(data) if data else None
+            except ValueError:
+                return None
+            token = stored.get("idt") if isinstance(stored, dict) else None
+            return token if isinstance(token, str) else None
+
+        if self.cookies.load_session(value) is not None:
+            # A cookie session cannot be deleted from the browser of an attacker
+            # who copied it, so this process also stops accepting it.
+            self.revocations.revoke_cookie(value)
+            self._forget(lambda key, _user: _contains(key, value))
+        token_value = self._cookie(request, self.cookies.id_token_cookie)
+        return self.cookies.load_id_token(token_value) if token_value else None
 
     def _same_site(self, request: Request) -> bool:
         """Tell whether a request comes from this site, by Fetch metadata or Origin."""
