@@ -571,7 +571,14 @@ class Core:
 
         try:
             metadata = yield from self.oidc.metadata()
-        except ProviderError:
+        except ProviderError as exc:
+            # The local session is already ended, so the user is signed out here
+            # even when the provider cannot be told.
+            logger.warning(
+                "logout without provider logout: %s, request %s",
+                exc.detail,
+                self.request_id(request),
+            )
             metadata = None
         if metadata is not None and metadata.end_session_endpoint:
             # OpenID Connect RP-Initiated Logout 1.0: the provider ends its own

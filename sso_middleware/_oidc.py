@@ -31,6 +31,7 @@ logger = logging.getLogger("sso_middleware")
 # value most relying parties use.
 LEEWAY = 60
 METADATA_TTL = 3600.0
+DISCOVERY_RETRY_INTERVAL = 5.0
 JWKS_TTL = 3600.0
 # An ID token with an unknown key id triggers at most one JWKS fetch per interval, so
 # tokens with random key ids cannot make the middleware flood the provider.
@@ -60,15 +61,13 @@ class ProviderMetadata:
         Raises :class:`ProviderError` naming the first problem found.
         """
         if not isinstance(document, dict):
-            raise ProviderError(*_provider_problem("discovery is not a JSON object"))
+            raise _provider_problem("discovery is not a JSON object")
         # OpenID Connect Discovery 4.3: the issuer in the document must be identical
         # to the one configured, or tokens from another tenant could be accepted.
         if document.get("issuer") != settings.issuer:
-            raise ProviderError(
-                *_provider_problem(
-                    f"discovery names issuer {document.get('issuer')!r}, but "
-                    f"SSO_ISSUER is {settings.issuer!r}; they must be identical"
-                )
+            raise _provider_problem(
+                f"discovery names issuer {document.get('issuer')!r}, but "
+                f"SSO_ISSUER is {settings.issuer!r}; they must be identical"
             )
         endpoints = {}
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
@@ -85,20 +84,16 @@ class ProviderMetadata:
         elif "client_secret_post" in methods:
             auth_method = "client_secret_post"
         else:
-            raise ProviderError(
-                *_provider_problem(
-                    "the token endpoint supports neither client_secret_basic nor "
-                    f"client_secret_post (it lists {methods!r})"
-                )
+            raise _provider_problem(
+                "the token endpoint supports neither client_secret_basic nor "
+                f"client_secret_post (it lists {methods!r})"
             )
 
         challenge_methods = document.get("code_challenge_methods_supported")
         if isinstance(challenge_methods, list) and "S256" not in challenge_methods:
             # RFC 9700 2.1.1: PKCE with S256 is required, and "plain" gives no
             # protection against a leaked authorization request.
-            raise ProviderError(
-                *_provider_problem("the provider does not support PKCE with S256")
-            )
+            raise _provider_problem("the provider does not support PKCE with S256")
 
         advertised = document.get("id_token_signing_alg_values_supported")
         if not isinstance(advertised, list):
@@ -110,11 +105,9 @@ class ProviderMetadata:
         else:
             algorithms = frozenset(a for a in advertised if a in ASYMMETRIC_ALGORITHMS)
         if not algorithms:
-            raise ProviderError(
-                *_provider_problem(
-                    f"the provider signs ID tokens only with {advertised!r}; set "
-                    "SSO_ID_TOKEN_ALGORITHMS to accept a symmetric algorithm"
-                )
+            raise _provider_problem(
+                f"the provider signs ID tokens only with {advertised!r}; set "
+                "SSO_ID_TOKEN_ALGORITHMS to accept a symmetric algorithm"
             )
 
         return cls(
@@ -133,11 +126,16 @@ class ProviderMetadata:
         )
 
 
-def _provider_problem(detail: str) -> tuple[str]:
-    logger.warning("identity provider misconfigured: %s", detail)
-    return (
+def _provider_problem(detail: str) -> ProviderError:
+    """Return the error for an unusable discovery document.
+
+    The error page only points to the log, so ``detail`` carries the reason into the
+    line that logs the rejected request.
+    """
+    return ProviderError(
         "The identity provider's configuration is not usable. "
         "The administrator can find the reason in the log.",
+        detail=f"identity provider misconfigured: {detail}",
     )
 
 
@@ -148,14 +146,12 @@ def _endpoint(
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        raise ProviderError(*_provider_problem(f"discovery has no {name}"))
+        raise _provider_problem(f"discovery has no {name}")
     parts = urlsplit(value)
     # An https issuer must not send tokens or secrets over plain http.
     allowed = ("https",) if settings.issuer.startswith("https:") else ("http", "https")
     if parts.scheme not in allowed or not parts.netloc:
-        raise ProviderError(
-            *_provider_problem(f"discovery's {name} {value!r} is invalid")
-        )
+        raise _provider_problem(f"discovery's {name} {value!r} is invalid")
     return value
 
 
@@ -180,10 +176,11 @@ class OpenIDClient:
         self.settings = settings
         self._metadata: ProviderMetadata | None = None
         self._metadata_expires = 0.0
+        self._metadata_failure: tuple[float, ProviderError] | None = None
         self._keys: dict[str | None, list[jwt.PyJWK]] = {}
         self._all_keys: list[jwt.PyJWK] = []
         self._keys_expires = 0.0
-        self._keys_fetched = float("-inf")
+        self._keys_refetched = float("-inf")
         self.discovery_url = (
             settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
         )
@@ -195,8 +192,19 @@ class OpenIDClient:
         now = time.monotonic()
         if self._metadata is not None and now < self._metadata_expires:
             return self._metadata
-        document = yield from self._get_json(self.discovery_url, "discovery")
-        self._metadata = ProviderMetadata.parse(document, self.settings)
+        failure = self._metadata_failure
+        if failure is not None and now < failure[0]:
+            # A provider that is down or misconfigured is asked again only after a
+            # pause, so every page load does not fetch discovery.
+            cause = failure[1]
+            raise ProviderError(cause.message, detail=cause.detail, status=cause.status)
+        try:
+            document = yield from self._get_json(self.discovery_url, "discovery")
+            self._metadata = ProviderMetadata.parse(document, self.settings)
+        except ProviderError as exc:
+            self._metadata_failure = (now + DISCOVERY_RETRY_INTERVAL, exc)
+            raise
+        self._metadata_failure = None
         self._metadata_expires = now + METADATA_TTL
         return self._metadata
 
@@ -209,11 +217,14 @@ class OpenIDClient:
 
     def _signing_keys(self, metadata: ProviderMetadata, *, refresh: bool) -> Flow[None]:
         now = time.monotonic()
-        if not refresh and self._all_keys and now < self._keys_expires:
+        if refresh:
+            # Only refetches for an unknown key id count against the interval, so a
+            # key rotated just after a scheduled fetch is still found at once.
+            if now - self._keys_refetched < JWKS_REFETCH_INTERVAL:
+                return
+            self._keys_refetched = now
+        elif self._all_keys and now < self._keys_expires:
             return
-        if refresh and now - self._keys_fetched < JWKS_REFETCH_INTERVAL:
-            return
-        self._keys_fetched = now
         document = yield from self._get_json(metadata.jwks_uri, "JWKS")
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list):
@@ -391,6 +402,11 @@ class OpenIDClient:
         leeway of 60 s, ``sub`` and the ``nonce`` of this login.
         """
         claims = yield from self._verify_jwt(metadata, token, audience=True)
+        # OpenID Connect Core 2: sub is required in an ID token.
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise TokenValidationError(
+                "The sign-in token has no subject.", detail="missing sub"
+            )
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
         azp = claims.get("azp")
@@ -496,11 +512,6 @@ class OpenIDClient:
             raise TokenValidationError(
                 "The sign-in token is not valid yet.", detail="iat in the future"
             )
-        if audience and (not isinstance(claims.get("sub"), str) or not claims["sub"]):
-            if "events" not in claims:
-                raise TokenValidationError(
-                    "The sign-in token has no subject.", detail="missing sub"
-                )
         return claims
 
 
