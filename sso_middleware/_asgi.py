@@ -31,6 +31,7 @@ class ASGIMiddleware(SSOMiddleware):
     def __init__(
         self,
         app: Any,
+        /,
         settings: Any = None,
         *,
         interface: str | None = None,

@@ -38,32 +38,35 @@ class SSOMiddleware:
     settings: Settings
     core: Core
 
-    def __new__(
+    # The return type is the base class, because __new__ picks the WSGI or the ASGI
+    # subclass from the application's type.
+    def __new__(  # noqa: PYI034
         cls,
         app: Any,
+        /,
         settings: Settings | None = None,
         *,
         interface: str | None = None,
         transport: Any = None,
         **overrides: Any,
     ) -> SSOMiddleware:
-        if cls is SSOMiddleware:
-            kind = interface or detect_interface(app)
-            if kind == "asgi":
-                from ._asgi import ASGIMiddleware
+        if cls is not SSOMiddleware:
+            return super().__new__(cls)
+        kind = interface or detect_interface(app)
+        if kind == "asgi":
+            from ._asgi import ASGIMiddleware
 
-                cls = ASGIMiddleware
-            elif kind == "wsgi":
-                from ._wsgi import WSGIMiddleware
+            return super().__new__(ASGIMiddleware)
+        if kind == "wsgi":
+            from ._wsgi import WSGIMiddleware
 
-                cls = WSGIMiddleware
-            else:
-                raise ValueError(f"interface must be 'wsgi' or 'asgi', not {kind!r}")
-        return super().__new__(cls)
+            return super().__new__(WSGIMiddleware)
+        raise ValueError(f"interface must be 'wsgi' or 'asgi', not {kind!r}")
 
     def __init__(
         self,
         app: Any,
+        /,
         settings: Settings | None = None,
         *,
         interface: str | None = None,
@@ -90,14 +93,21 @@ class SSOMiddleware:
                 settings.issuer,
             )
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Serve one request: ``(environ, start_response)`` for WSGI, or
+        ``(scope, receive, send)`` for ASGI. The subclass that ``SSOMiddleware(app)``
+        returns defines it; this signature lets type checkers accept the instance
+        wherever a WSGI or an ASGI application is expected.
+        """
+        raise NotImplementedError
+
 
 def detect_interface(app: Any) -> str:
     """Return ``"asgi"`` for an ASGI application and ``"wsgi"`` otherwise."""
     if inspect.iscoroutinefunction(app):
         return "asgi"
-    call = getattr(type(app), "__call__", None)
-    if call is not None and inspect.iscoroutinefunction(call):
+    # An instance whose class defines ``async def __call__``, such as a Starlette
+    # application or an ASGI SSOMiddleware.
+    if callable(app) and inspect.iscoroutinefunction(type(app).__call__):
         return "asgi"
-    if isinstance(app, SSOMiddleware):
-        return "asgi" if inspect.iscoroutinefunction(type(app).__call__) else "wsgi"
     return "wsgi"

@@ -29,6 +29,7 @@ class WSGIMiddleware(SSOMiddleware):
     def __init__(
         self,
         app: Any,
+        /,
         settings: Any = None,
         *,
         interface: str | None = None,
