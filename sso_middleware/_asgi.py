@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -17,6 +18,23 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _SPOOFABLE = frozenset(name.encode("ascii") for name in SPOOFABLE_HEADERS)
+
+
+def _spellings(name: str) -> set[bytes]:
+    """Return every spelling of ``name`` with each "-" kept or made "_"."""
+    spellings = {""}
+    for char in name:
+        choices = "-_" if char == "-" else char
+        spellings = {prefix + choice for prefix in spellings for choice in choices}
+    return {spelling.encode("ascii") for spelling in spellings}
+
+
+# Header names the hot path stops at: the Cookie header and every spelling of the
+# spoofable headers, since servers such as Django's merge "_" into "-". One set
+# look-up per header keeps the scan cheap.
+_WATCHED = frozenset(
+    {b"cookie"}.union(*(_spellings(name) for name in SPOOFABLE_HEADERS))
+)
 
 
 def _is_spoofable(name: bytes) -> bool:
@@ -49,7 +67,8 @@ class ASGIMiddleware(SSOMiddleware):
             self.store = redis.asyncio.Redis.from_url(
                 self.settings.session_store, socket_timeout=2, socket_connect_timeout=2
             )
-        self._fast = self.core.fast_session
+        self._forwards = self.core.forwards
+        self._endpoints = self.core.endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -58,17 +77,39 @@ class ASGIMiddleware(SSOMiddleware):
             return
         headers = scope["headers"]
         cookie = None
+        cookie_pair = None
         spoofed = False
-        for name, value in headers:
-            if name == b"cookie":
-                # HTTP/2 may split the Cookie header; RFC 9113 8.2.3 joins with "; ".
-                cookie = value if cookie is None else cookie + b"; " + value
-            elif name in _SPOOFABLE or b"_" in name:
-                spoofed = True
+        for pair in headers:
+            if pair[0] in _WATCHED:
+                if pair[0] != b"cookie":
+                    spoofed = True
+                elif cookie is None:
+                    cookie, cookie_pair = pair[1], pair
+                else:
+                    # HTTP/2 may split the Cookie header. RFC 9113 8.2.3 joins the
+                    # parts with "; ".
+                    cookie, cookie_pair = cookie + b"; " + pair[1], None
+
+        # The hot path: a Cookie header already verified, on a path that is not
+        # one of the middleware's endpoints. See Core.forwards.
         if cookie is not None and not spoofed:
-            hit = self._fast(cookie, scope["path"])
-            if hit is not None:
-                await self.app(_forward_scope(scope, hit[0], hit[1]), receive, send)
+            hit = self._forwards.get(cookie)
+            if (
+                hit is not None
+                and hit[2] > time.time()
+                and scope["path"] not in self._endpoints
+            ):
+                if cookie_pair is not None:
+                    forwarded = list(headers)
+                    forwarded.remove(cookie_pair)
+                else:
+                    forwarded = [pair for pair in headers if pair[0] != b"cookie"]
+                if hit[1] is not None:
+                    forwarded.append((b"cookie", hit[1]))
+                # The ASGI specification asks middleware to copy a scope it changes.
+                await self.app(
+                    {**scope, "headers": forwarded, "user": hit[0]}, receive, send
+                )
                 return
 
         request = request_from_scope(scope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -47,15 +48,22 @@ class WSGIMiddleware(SSOMiddleware):
             self.store = redis.Redis.from_url(
                 self.settings.session_store, socket_timeout=2, socket_connect_timeout=2
             )
-        self._fast = self.core.fast_session
+        self._forwards = self.core.forwards
+        self._endpoints = self.core.endpoints
 
     def __call__(
         self, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
         cookie = environ.get("HTTP_COOKIE")
         if cookie is not None:
-            hit = self._fast(cookie, environ.get("PATH_INFO", ""))
-            if hit is not None:
+            # The hot path: a Cookie header already verified, on a path that is not
+            # one of the middleware's endpoints. See Core.forwards.
+            hit = self._forwards.get(cookie)
+            if (
+                hit is not None
+                and hit[2] > time.time()
+                and environ.get("PATH_INFO", "") not in self._endpoints
+            ):
                 return self._forward(environ, start_response, hit[0], hit[1], ())
         request = request_from_environ(environ)
         outcome = self._run(self.core.handle(request), environ)
