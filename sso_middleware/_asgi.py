@@ -112,19 +112,20 @@ class ASGIMiddleware(SSOMiddleware):
                 )
                 return
 
+            if scope["path"] not in self._endpoints:
+                verified = self.core.verify_cookie_header(cookie.decode("latin-1"))
+                if verified is not None:
+                    user, header, until = verified
+                    cleaned = header.encode("latin-1") if header else None
+                    self.core.remember(cookie, user, cleaned, until)
+                    await self.app(_forward_scope(scope, user, cleaned), receive, send)
+                    return
+
         request = request_from_scope(scope)
         body_receiver = _BodyReader(receive)
         outcome = await self._run(self.core.handle(request), body_receiver)
         if isinstance(outcome, Forward):
             cleaned = outcome.cookie.encode("latin-1") if outcome.cookie else None
-            if (
-                outcome.cacheable_until is not None
-                and cookie is not None
-                and not spoofed
-            ):
-                self.core.remember(
-                    cookie, outcome.user, cleaned, outcome.cacheable_until
-                )
             if outcome.set_cookies:
                 send = _with_cookies(send, outcome.set_cookies)
             await self.app(_forward_scope(scope, outcome.user, cleaned), receive, send)

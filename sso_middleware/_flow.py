@@ -152,10 +152,7 @@ class Core:
                 if not public:
                     raise
             else:
-                # A cookie session can be remembered by its Cookie header. A stored
-                # session cannot, because it may be revoked on another instance.
-                until = None if self.uses_store else session.expires_at
-                return Forward(session.user, cookie, cacheable_until=until)
+                return Forward(session.user, cookie)
         if public or is_preflight(request):
             # Preflights never carry credentials (Fetch standard, CORS), so a 401
             # would break every cross-origin call to the application.
@@ -172,6 +169,32 @@ class Core:
         if is_navigation(request):
             return (yield from self._start_login(request, request.target, {}))
         return error_reply(request, 401, "login_required", "Sign-in required.")
+
+    def verify_cookie_header(
+        self, header: str
+    ) -> tuple[User, str | None, float] | None:
+        """Verify the session in a Cookie header, for a request the cache missed.
+
+        Returns the user, the header without the middleware's cookies, and the
+        session's end, or None when the full path must decide: no valid session, a
+        revoked session or a user the allow-lists reject. A session in a store is
+        never remembered, because it may be revoked on another instance.
+        """
+        if self.uses_store:
+            return None
+        value = parse_cookie(header).get(self.cookies.cookie_name)
+        if not value:
+            return None
+        session = self.cookies.load_session(value)
+        if session is None or (
+            self.revocations and self.revocations.is_revoked(session, value)
+        ):
+            return None
+        try:
+            self.check_allowed(session.user)
+        except AccessDenied:
+            return None
+        return session.user, self.strip_own_cookies(header), session.expires_at
 
     def remember(
         self, cookie: str | bytes, user: Any, cleaned: Any, until: float
@@ -192,10 +215,16 @@ class Core:
             self.forwards.pop(key, None)
 
     def is_public(self, path: str) -> bool:
-        return (
-            self.public is not None
-            and self.public.match(normalize_path(path)) is not None
-        )
+        """Tell whether ``path`` is served without login.
+
+        Both the normalized path and the path as received must match a pattern.
+        The normalized form defeats ``/public/../admin``. The received form defeats
+        ``/admin/../public``, which an application that does not resolve dot
+        segments would route to ``/admin``.
+        """
+        if self.public is None or self.public.match(path) is None:
+            return False
+        return self.public.match(normalize_path(path)) is not None
 
     # Sessions
 
@@ -350,7 +379,8 @@ class Core:
             self.cookies.set_cookie(name, value, secure=secure, max_age=STATE_LIFETIME)
         ]
         cookies.extend(self._evict_states(request, secure))
-        logger.debug("login started, request %s", self.request_id(request))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("login started, request %s", self.request_id(request))
         return redirect(auth.url, set_cookies=cookies)
 
     def _evict_states(self, request: Request, secure: bool) -> list[str]:

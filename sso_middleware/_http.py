@@ -48,14 +48,11 @@ class Forward:
 
     ``cookie`` is the Cookie header with the middleware's own cookies removed (None
     removes the header). ``set_cookies`` are added to the application's response.
-    ``cacheable_until`` is set when the same Cookie header may skip the core until
-    that time.
     """
 
     user: User | AnonymousUser
     cookie: str | None
     set_cookies: list[str] = field(default_factory=list)
-    cacheable_until: float | None = None
 
 
 Outcome = Reply | Forward

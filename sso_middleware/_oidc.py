@@ -177,6 +177,7 @@ class OpenIDClient:
         self._metadata: ProviderMetadata | None = None
         self._metadata_expires = 0.0
         self._metadata_failure: tuple[float, ProviderError] | None = None
+        self._url_prefixes: dict[tuple[Any, ...], str] = {}
         self._keys: dict[str | None, list[jwt.PyJWK]] = {}
         self._all_keys: list[jwt.PyJWK] = []
         self._keys_expires = 0.0
@@ -297,16 +298,23 @@ class OpenIDClient:
             {
                 "response_type": "code",
                 "client_id": self.settings.client_id,
-                "redirect_uri": redirect_uri,
                 "scope": " ".join(self.settings.scopes),
-                "state": state,
-                "nonce": nonce,
-                "code_challenge": challenge,
                 "code_challenge_method": "S256",
+                "redirect_uri": redirect_uri,
             }
         )
-        separator = "&" if "?" in metadata.authorization_endpoint else "?"
-        url = metadata.authorization_endpoint + separator + urlencode(params)
+        # Everything but the three random values is the same from one login to
+        # the next, so its encoding is cached. The random values are URL-safe
+        # Base64 and need no encoding.
+        key = (metadata.authorization_endpoint, tuple(params.items()))
+        prefix = self._url_prefixes.get(key)
+        if prefix is None:
+            separator = "&" if "?" in metadata.authorization_endpoint else "?"
+            prefix = metadata.authorization_endpoint + separator + urlencode(params)
+            if len(self._url_prefixes) >= 256:
+                self._url_prefixes.clear()
+            self._url_prefixes[key] = prefix
+        url = f"{prefix}&state={state}&nonce={nonce}&code_challenge={challenge}"
         return AuthorizationRequest(url, state, nonce, verifier)
 
     def exchange_code(

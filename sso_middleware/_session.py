@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 import secrets
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from cachetools import LRUCache, TTLCache
-from itsdangerous import BadData, URLSafeTimedSerializer
+from itsdangerous import BadData, TimestampSigner
 from werkzeug.http import dump_cookie
 
 from ._settings import Settings
@@ -77,6 +79,61 @@ class Session:
 _MISSING = object()
 
 
+def _derived_keys(secret_keys: tuple[str, ...], purpose: str) -> list[bytes]:
+    """Derive one key per secret for ``purpose``, in itsdangerous' order.
+
+    Deriving once here, with HMAC-SHA256 as itsdangerous' "hmac" derivation does,
+    spares itsdangerous a derivation on every signature. itsdangerous signs with
+    the last key and verifies with all, and the first secret signs.
+    """
+    salt = f"sso-middleware.{purpose}".encode()
+    derived = [
+        hmac.new(secret.encode("utf-8"), salt, hashlib.sha256).digest()
+        for secret in secret_keys
+    ]
+    return list(reversed(derived))
+
+
+def _signer(secret_keys: tuple[str, ...], purpose: str) -> TimestampSigner:
+    return TimestampSigner(
+        _derived_keys(secret_keys, purpose),
+        key_derivation="none",
+        digest_method=hashlib.sha256,
+    )
+
+
+class _SignedJSON:
+    """JSON values signed with a timestamp, as URL-safe cookie values.
+
+    It does what itsdangerous' URLSafeTimedSerializer does, with one signer built
+    up front instead of one per call, which halves the cost of a verification.
+    """
+
+    def __init__(self, secret_keys: tuple[str, ...], purpose: str) -> None:
+        self._signer = _signer(secret_keys, purpose)
+
+    def dumps(self, value: Any) -> str:
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return self._signer.sign(_b64(data)).decode("ascii")
+
+    def loads(self, signed: str, *, max_age: int) -> Any:
+        """Return the value, or raise BadData when it is invalid or expired."""
+        payload = self._signer.unsign(signed, max_age=max_age)
+        try:
+            return json.loads(_unb64(payload.decode("ascii")))
+        except ValueError as exc:
+            raise BadData("invalid payload") from exc
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> str:
+    padded = text + "=" * (-len(text) % 4)
+    return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+
+
 def session_claims(
     claims: Mapping[str, Any], userinfo: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -94,14 +151,11 @@ class CookieCodec:
     """
 
     def __init__(self, settings: Settings) -> None:
-        # itsdangerous signs with the last key of the list and tries them all.
-        keys = list(reversed(settings.secret_keys))
-        self._session = URLSafeTimedSerializer(keys, salt="sso-middleware.session")
-        self._state = URLSafeTimedSerializer(keys, salt="sso-middleware.state")
-        self._id_token = URLSafeTimedSerializer(keys, salt="sso-middleware.id-token")
-        self._session_id = URLSafeTimedSerializer(
-            keys, salt="sso-middleware.session-id"
-        )
+        keys = settings.secret_keys
+        self._session = _SignedJSON(keys, "session")
+        self._id_token = _SignedJSON(keys, "id-token")
+        self._session_id = _SignedJSON(keys, "session-id")
+        self._state = _signer(keys, "state")
         self.lifetime = settings.session_lifetime
         self.cookie_name = settings.cookie_name
         self.state_prefix = settings.cookie_name + ".state."
@@ -173,10 +227,13 @@ class CookieCodec:
     def new_state(
         self, state: str, nonce: str, verifier: str, return_to: str, redirect_uri: str
     ) -> tuple[str, str]:
-        """Return the name and value of a new state cookie."""
-        value = self._state.dumps(
-            [state, nonce, verifier, return_to, redirect_uri, time.time()]
-        )
+        """Return the name and value of a new state cookie.
+
+        The value is the dot-separated fields, signed with a timestamp. The fields
+        are URL-safe Base64 or tokens made of its alphabet, so no JSON is needed.
+        """
+        fields = (state, nonce, verifier, _b64(return_to), _b64(redirect_uri))
+        value = self._state.sign(".".join(fields)).decode("ascii")
         return self.state_cookie_name(state), value
 
     def state_cookie_name(self, state: str) -> str:
@@ -187,28 +244,30 @@ class CookieCodec:
     def load_state(self, value: str, state: str) -> LoginState | None:
         """Verify a state cookie and check that it belongs to ``state``."""
         try:
-            entry = self._state.loads(value, max_age=STATE_LIFETIME)
-        except BadData:
+            payload, signed_at = self._state.unsign(
+                value, max_age=STATE_LIFETIME, return_timestamp=True
+            )
+            fields = payload.decode("ascii").split(".")
+            if len(fields) != 5:
+                return None
+            # RFC 9700 4.7.1: the state binds the callback to this browser's login.
+            if not hmac.compare_digest(fields[0].encode(), state.encode()):
+                return None
+            return LoginState(
+                fields[0],
+                fields[1],
+                fields[2],
+                _unb64(fields[3]),
+                _unb64(fields[4]),
+                signed_at.timestamp(),
+            )
+        except (BadData, ValueError):
             return None
-        if not (
-            isinstance(entry, list)
-            and len(entry) == 6
-            and all(isinstance(item, str) for item in entry[:5])
-            and isinstance(entry[5], int | float)
-        ):
-            return None
-        # RFC 9700 4.7.1: the state binds the callback to this browser's login.
-        if not hmac.compare_digest(entry[0].encode(), state.encode()):
-            return None
-        state_value, nonce, verifier, return_to, redirect_uri, issued_at = entry
-        return LoginState(
-            state_value, nonce, verifier, return_to, redirect_uri, float(issued_at)
-        )
 
     def state_age(self, value: str) -> float | None:
         """Return when a state cookie was signed, or None when it is invalid."""
         try:
-            _, signed_at = self._state.loads(
+            _, signed_at = self._state.unsign(
                 value, max_age=STATE_LIFETIME, return_timestamp=True
             )
         except BadData:

@@ -65,13 +65,15 @@ class WSGIMiddleware(SSOMiddleware):
                 and environ.get("PATH_INFO", "") not in self._endpoints
             ):
                 return self._forward(environ, start_response, hit[0], hit[1], ())
+            if environ.get("PATH_INFO", "") not in self._endpoints:
+                verified = self.core.verify_cookie_header(cookie)
+                if verified is not None:
+                    user, cleaned, until = verified
+                    self.core.remember(cookie, user, cleaned, until)
+                    return self._forward(environ, start_response, user, cleaned, ())
         request = request_from_environ(environ)
         outcome = self._run(self.core.handle(request), environ)
         if isinstance(outcome, Forward):
-            if outcome.cacheable_until is not None and cookie is not None:
-                self.core.remember(
-                    cookie, outcome.user, outcome.cookie, outcome.cacheable_until
-                )
             return self._forward(
                 environ,
                 start_response,
