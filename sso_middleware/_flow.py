@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from werkzeug.http import parse_cookie
+from werkzeug.sansio.http import parse_cookie
 
 from ._effects import Flow, ReadBody, StoreCall
 from ._errors import (
@@ -75,12 +75,14 @@ LOGIN_PARAMS = (
 )
 _PARAM_VALUE = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,255}")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_STATE = re.compile(r"[A-Za-z0-9_\-]{1,256}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 MAX_BACKCHANNEL_BODY = 64 * 1024
 # Verified Cookie headers remembered for the hot path. Each entry keeps the header
 # and a shared User, roughly 1 KiB, so the cache stays within about 10 MiB
 # (an estimate).
 FORWARD_CACHE_SIZE = 10_000
+MAX_REMEMBERED_HEADER = 4096
 STORE_PREFIX = "sso:"
 
 
@@ -182,7 +184,7 @@ class Core:
         """
         if self.uses_store:
             return None
-        value = parse_cookie(header).get(self.cookies.cookie_name)
+        value = parse_cookies(header).get(self.cookies.cookie_name)
         if not value:
             return None
         session = self.cookies.load_session(value)
@@ -199,7 +201,13 @@ class Core:
     def remember(
         self, cookie: str | bytes, user: Any, cleaned: Any, until: float
     ) -> None:
-        """Remember the outcome of a verified Cookie header until ``until``."""
+        """Remember the outcome of a verified Cookie header until ``until``.
+
+        A header longer than MAX_REMEMBERED_HEADER is not remembered, so a client
+        that pads its Cookie header cannot fill the cache with large keys.
+        """
+        if len(cookie) > MAX_REMEMBERED_HEADER:
+            return
         if len(self.forwards) >= FORWARD_CACHE_SIZE:
             # Dictionaries keep insertion order, so this evicts the oldest entry.
             # Another thread may evict at the same time, which is harmless.
@@ -296,7 +304,7 @@ class Core:
         header = request.headers.get("cookie")
         if not header or name not in header:
             return None
-        return parse_cookie(header).get(name)
+        return parse_cookies(header).get(name)
 
     def strip_own_cookies(self, header: str | None) -> str | None:
         """Remove the middleware's cookies from a Cookie header value."""
@@ -389,7 +397,7 @@ class Core:
         if not header or self.cookies.state_prefix not in header:
             return []
         states = []
-        for name, value in parse_cookie(header).items():
+        for name, value in parse_cookies(header).items():
             if name.startswith(self.cookies.state_prefix):
                 signed_at = self.cookies.state_age(value)
                 states.append((signed_at if signed_at is not None else 0.0, name))
@@ -410,7 +418,9 @@ class Core:
         secure = self.secure(request)
         clear: list[str] = []
         entry = None
-        if state and len(state) <= 256:
+        # The state names a cookie below, so only the characters of a token made
+        # by this middleware may pass, never a CR or LF.
+        if _STATE.fullmatch(state):
             name = self.cookies.state_cookie_name(state)
             value = self._cookie(request, name)
             if value is not None:
@@ -427,10 +437,17 @@ class Core:
         self, request: Request, query: dict[str, str], entry: Any, clear: list[str]
     ) -> Flow[Outcome]:
         if "error" in query:
-            description = query.get("error_description") or query["error"]
             status = 403 if query["error"] == "access_denied" else 400
+            message = "The identity provider reported an error."
+            # The provider's own words are shown only for this browser's login, so
+            # a crafted link cannot put a sentence of its choosing on the site.
+            if entry is not None:
+                description = query.get("error_description") or query["error"]
+                message = (
+                    f"The identity provider reported an error: {description[:300]}"
+                )
             raise LoginError(
-                f"The identity provider reported an error: {description[:300]}",
+                message,
                 status=status,
                 detail=f"provider error {query['error'][:60]!r}",
             )
@@ -842,3 +859,13 @@ def _names_session(user: Any, sub: str | None, sid: str | None) -> bool:
     if sid is not None:
         return user.claims.get("sid") == sid
     return user.sub == sub
+
+
+def parse_cookies(header: str) -> Mapping[str, str]:
+    """Parse a Cookie header with werkzeug, whatever bytes the client sent.
+
+    Servers hand the header over as latin-1 text, and cookies are UTF-8. Invalid
+    bytes are replaced rather than raised on, so such a cookie is simply invalid.
+    """
+    text = header.encode("latin-1", "replace").decode("utf-8", "replace")
+    return parse_cookie(text)

@@ -183,7 +183,11 @@ class CookieCodec:
         """Verify a session cookie, with a cache of the cookies already verified.
 
         A cache hit does no HMAC or JSON work. The expiry is checked on every call.
+        A value too long to be a session is rejected before the cache, so junk
+        cookies cannot fill it with large keys.
         """
+        if len(value) > MAX_COOKIE_SIZE:
+            return None
         with self._lock:
             cached = self._verified.get(value, _MISSING)
         if cached is _MISSING:
@@ -197,8 +201,6 @@ class CookieCodec:
         return session
 
     def _load_session(self, value: str) -> Session | None:
-        if len(value) > MAX_COOKIE_SIZE:
-            return None
         try:
             payload = self._session.loads(value, max_age=self.lifetime)
         except BadData:

@@ -301,15 +301,26 @@ def test_cached_session_keeps_rules(site: Site) -> None:
 
 
 def test_provider_error_is_escaped(site: Site) -> None:
-    site.navigate("/whoami")
+    start = site.navigate("/whoami")
+    state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
     response = site.navigate(
         "/_sso/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)"
-        "%3C/script%3E&state=abc"
+        f"%3C/script%3E&state={state}"
     )
     assert response.status_code == 403
     assert "<script>alert(1)" not in response.text
     assert "&lt;script&gt;" in response.text
     assert site.session_cookie() is None
+
+
+def test_forged_error_text_not_shown(site: Site) -> None:
+    response = site.navigate(
+        "/_sso/callback?error=access_denied&error_description=Call+555-0100+now"
+        "&state=forged"
+    )
+    assert response.status_code == 403
+    assert "555-0100" not in response.text
+    assert "The identity provider reported an error." in response.text
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,13 @@ def serve_wsgi(app: Any) -> Iterator[str]:
 def serve_asgi(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn in a thread; yield its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        # The middleware decides which X-Forwarded-* headers to believe.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()))
