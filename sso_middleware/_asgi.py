@@ -90,35 +90,37 @@ class ASGIMiddleware(SSOMiddleware):
                     # parts with "; ".
                     cookie, cookie_pair = cookie + b"; " + pair[1], None
 
-        # The hot path: a Cookie header already verified, on a path that is not
-        # one of the middleware's endpoints. See Core.forwards.
+        # The hot path, for a cookie without spoofed headers on a path that is not
+        # one of the middleware's endpoints. A Cookie header already verified
+        # costs one look-up (see Core.forwards), and a new one is verified here
+        # without building a request for the core.
         if cookie is not None and not spoofed:
             hit = self._forwards.get(cookie)
-            if (
-                hit is not None
-                and hit[2] > time.time()
-                and scope["path"] not in self._endpoints
-            ):
-                if cookie_pair is not None:
-                    forwarded = list(headers)
-                    forwarded.remove(cookie_pair)
-                else:
-                    forwarded = [pair for pair in headers if pair[0] != b"cookie"]
-                if hit[1] is not None:
-                    forwarded.append((b"cookie", hit[1]))
-                # The ASGI specification asks middleware to copy a scope it changes.
-                await self.app(
-                    {**scope, "headers": forwarded, "user": hit[0]}, receive, send
-                )
-                return
-
             if scope["path"] not in self._endpoints:
-                verified = self.core.verify_cookie_header(cookie.decode("latin-1"))
-                if verified is not None:
-                    user, header, until = verified
-                    cleaned = header.encode("latin-1") if header else None
-                    self.core.remember(cookie, user, cleaned, until)
-                    await self.app(_forward_scope(scope, user, cleaned), receive, send)
+                if hit is not None and hit[2] > time.time():
+                    user, cleaned = hit[0], hit[1]
+                else:
+                    verified = self.core.verify_cookie_header(cookie.decode("latin-1"))
+                    if verified is None:
+                        user = None
+                    else:
+                        session, header = verified
+                        user = session.user
+                        cleaned = header.encode("latin-1") if header else None
+                        self.core.remember(cookie, session, cleaned)
+                if user is not None:
+                    if cookie_pair is not None:
+                        forwarded = list(headers)
+                        forwarded.remove(cookie_pair)
+                    else:
+                        forwarded = [pair for pair in headers if pair[0] != b"cookie"]
+                    if cleaned is not None:
+                        forwarded.append((b"cookie", cleaned))
+                    # The ASGI specification asks middleware to copy a scope it
+                    # changes.
+                    await self.app(
+                        {**scope, "headers": forwarded, "user": user}, receive, send
+                    )
                     return
 
         request = request_from_scope(scope)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -147,12 +148,19 @@ def _endpoint(
         return None
     if not isinstance(value, str):
         raise _provider_problem(f"discovery has no {name}")
+    # A control character or space would end the Location header that carries
+    # the URL, so the document could inject a header.
+    if _UNSAFE_URL.search(value):
+        raise _provider_problem(f"discovery's {name} {value!r} has invalid characters")
     parts = urlsplit(value)
     # An https issuer must not send tokens or secrets over plain http.
     allowed = ("https",) if settings.issuer.startswith("https:") else ("http", "https")
     if parts.scheme not in allowed or not parts.netloc:
         raise _provider_problem(f"discovery's {name} {value!r} is invalid")
     return value
+
+
+_UNSAFE_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +217,12 @@ class OpenIDClient:
         self._metadata_expires = now + METADATA_TTL
         return self._metadata
 
-    def _get_json(self, url: str, what: str) -> Flow[Any]:
+    def _get_json(self, url: str, source: str) -> Flow[Any]:
         request = httpx.Request("GET", url, headers={"Accept": "application/json"})
-        response = yield from _send(request, what)
+        response = yield from _send(request, source)
         if response.status_code != 200:
-            raise _unusable(what, f"status {response.status_code}")
-        return _json_body(response, what)
+            raise _unusable(source, f"status {response.status_code}")
+        return _json_body(response, source)
 
     def _signing_keys(self, metadata: ProviderMetadata, *, refresh: bool) -> Flow[None]:
         now = time.monotonic()
@@ -486,7 +494,10 @@ class OpenIDClient:
         algorithm = header.get("alg")
         # The algorithm comes from the token, so it is checked against the allow-list
         # before any key is chosen: "none" and HMAC with a public key are rejected.
-        if algorithm not in metadata.signing_algorithms:
+        if (
+            not isinstance(algorithm, str)
+            or algorithm not in metadata.signing_algorithms
+        ):
             raise TokenValidationError(
                 "The token is signed with an algorithm that is not accepted.",
                 detail=f"alg {str(algorithm)[:20]!r} not in the allow-list",
@@ -523,42 +534,42 @@ class OpenIDClient:
         return claims
 
 
-def _send(request: httpx.Request, what: str) -> Flow[httpx.Response]:
+def _send(request: httpx.Request, source: str) -> Flow[httpx.Response]:
     try:
         response = yield request
     except httpx.TimeoutException as exc:
         raise ProviderError(
-            "The identity provider did not answer in time. Please try again.",
-            detail=f"{what} timed out: {type(exc).__name__}",
+            "The identity provider timed out. Please try again.",
+            detail=f"{source} timed out: {type(exc).__name__}",
             status=504,
         ) from exc
     except httpx.HTTPError as exc:
         raise ProviderError(
             "The identity provider cannot be reached. Please try again later.",
-            detail=f"{what} request failed: {type(exc).__name__}: {exc}",
+            detail=f"{source} request failed: {type(exc).__name__}: {exc}",
         ) from exc
     assert isinstance(response, httpx.Response)
     return response
 
 
-def _unusable(what: str, detail: str) -> ProviderError:
+def _unusable(source: str, detail: str) -> ProviderError:
     return ProviderError(
         "The identity provider returned an unusable response. Please try again later.",
-        detail=f"{what}: {detail}",
+        detail=f"{source}: {detail}",
     )
 
 
-def _json_body(response: httpx.Response, what: str) -> Any:
+def _json_body(response: httpx.Response, source: str) -> Any:
     if len(response.content) > MAX_PROVIDER_RESPONSE:
-        raise _unusable(what, "response over 1 MiB")
+        raise _unusable(source, "response over 1 MiB")
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _unusable(what, "response is not JSON") from exc
+    except (ValueError, RecursionError) as exc:
+        raise _unusable(source, "response is not JSON") from exc
 
 
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return json.loads(response.content[:MAX_PROVIDER_RESPONSE])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None

@@ -68,12 +68,18 @@ class LoginState:
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A verified session: the user, when it ends, and its ids for revocation."""
+    """A verified session: the user, when it ends, and its ids for revocation.
+
+    ``session_id`` is a random id inside the signed payload. Revocation goes by it,
+    never by the cookie's text, because a signed value can be spelled in more than
+    one way (Base64 padding, for one) and still verify.
+    """
 
     user: User
     expires_at: float
     issued_at: float
     sid: str | None
+    session_id: str
 
 
 _MISSING = object()
@@ -209,7 +215,12 @@ class CookieCodec:
 
     def new_session_payload(self, claims: Mapping[str, Any]) -> dict[str, Any]:
         now = int(time.time())
-        return {"c": dict(claims), "iat": now, "exp": now + self.lifetime}
+        return {
+            "c": dict(claims),
+            "id": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": now + self.lifetime,
+        }
 
     def dump_session_id(self, session_id: str) -> str:
         return self._session_id.dumps(session_id)
@@ -335,11 +346,13 @@ def session_from_payload(payload: Any) -> Session | None:
     claims = payload.get("c")
     expires_at = payload.get("exp")
     issued_at = payload.get("iat")
+    session_id = payload.get("id")
     if (
         not isinstance(claims, dict)
         or not isinstance(claims.get("sub"), str)
         or not isinstance(expires_at, int | float)
         or not isinstance(issued_at, int | float)
+        or not isinstance(session_id, str)
     ):
         return None
     sid = claims.get("sid")
@@ -348,6 +361,7 @@ def session_from_payload(payload: Any) -> Session | None:
         expires_at=float(expires_at),
         issued_at=float(issued_at),
         sid=sid if isinstance(sid, str) else None,
+        session_id=session_id,
     )
 
 
@@ -361,19 +375,27 @@ class Revocations:
     def __init__(self, lifetime: int) -> None:
         self._sids: TTLCache[str, float] = TTLCache(100_000, lifetime)
         self._subs: TTLCache[str, float] = TTLCache(100_000, lifetime)
-        self._cookies: TTLCache[str, bool] = TTLCache(100_000, lifetime)
+        self._sessions: TTLCache[str, bool] = TTLCache(100_000, lifetime)
         self._lock = threading.Lock()
+        self._any = False
 
     def __bool__(self) -> bool:
-        return bool(self._sids) or bool(self._subs) or bool(self._cookies)
+        # A flag, not the caches' lengths, because TTLCache expires entries on
+        # every len() and this runs on each cache miss.
+        return self._any
 
-    def revoke_cookie(self, value: str) -> None:
+    def _mark(self) -> None:
+        self._any = True
+
+    def revoke_session(self, session_id: str) -> None:
         with self._lock:
-            self._cookies[value] = True
+            self._sessions[session_id] = True
+            self._mark()
 
     def revoke(self, sub: str | None, sid: str | None) -> None:
         now = time.time()
         with self._lock:
+            self._mark()
             if sid:
                 self._sids[sid] = now
             elif sub:
@@ -381,9 +403,9 @@ class Revocations:
                 # exists now. Sessions started later are not affected.
                 self._subs[sub] = now
 
-    def is_revoked(self, session: Session, value: str) -> bool:
+    def is_revoked(self, session: Session) -> bool:
         with self._lock:
-            if value in self._cookies:
+            if session.session_id in self._sessions:
                 return True
             if session.sid is not None and session.sid in self._sids:
                 return True

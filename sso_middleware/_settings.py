@@ -16,6 +16,9 @@ from ._errors import ConfigurationError
 
 ENV_PREFIX = "SSO_"
 MIN_SECRET_KEY_LENGTH = 32
+# Browsers cap cookie lifetimes at about 400 days (RFC 6265bis 5.5), so a longer
+# session could not last anyway.
+MAX_LIFETIME = 365 * 24 * 3600
 
 # Asymmetric algorithms that an ID token may use. HMAC algorithms are left out
 # because they turn the client secret into a signing key: they must be named in
@@ -128,6 +131,19 @@ class Settings:
 
     def __post_init__(self) -> None:
         problems: dict[str, str] = {}
+        for item in dataclasses.fields(self):
+            # cookie_secure also takes a bool, turned into a string below.
+            value = getattr(self, item.name)
+            if (
+                item.type == "str"
+                and item.name != "cookie_secure"
+                and not isinstance(value, str)
+            ):
+                problems[env_name(item.name)] = (
+                    f"must be a string, not {type(value).__name__}"
+                )
+        if problems:
+            raise ConfigurationError(problems)
         for name, value in _coerce(self, problems).items():
             object.__setattr__(self, name, value)
         _validate(self, problems)
@@ -218,13 +234,14 @@ def _coerce(settings: Settings, problems: dict[str, str]) -> dict[str, Any]:
 
     for name, kind in (("session_lifetime", int), ("http_timeout", float)):
         value = getattr(settings, name)
-        if isinstance(value, bool):
-            problems[env_name(name)] = f"must be a number of seconds, not {value!r}"
+        noun = "a whole number" if kind is int else "a number"
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            problems[env_name(name)] = f"must be {noun} of seconds, not {value!r}"
             continue
         try:
             values[name] = kind(value)
-        except (TypeError, ValueError):
-            problems[env_name(name)] = f"must be a number of seconds, not {value!r}"
+        except (TypeError, ValueError, OverflowError):
+            problems[env_name(name)] = f"must be {noun} of seconds, not {value!r}"
     return values
 
 
@@ -314,7 +331,10 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
                 f"must be an absolute http(s) URL without a fragment, "
                 f"such as https://app.example.com/_sso/callback, not {s.redirect_uri!r}",
             )
-    for name in ("redirect_path", "endpoint_prefix"):
+    for name, example in (
+        ("redirect_path", "/_sso/callback"),
+        ("endpoint_prefix", "/_sso"),
+    ):
         value = getattr(s, name)
         if (
             not isinstance(value, str)
@@ -322,9 +342,17 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
             or value.startswith("//")
             or any(c in value for c in "?#\\ \t\r\n")
         ):
-            bad(name, f"must be an absolute path such as /_sso/callback, not {value!r}")
+            bad(name, f"must be an absolute path such as {example}, not {value!r}")
     if isinstance(s.endpoint_prefix, str) and s.endpoint_prefix.endswith("/"):
         bad("endpoint_prefix", "must not end with '/', such as /_sso")
+    callback = urlsplit(s.redirect_uri).path if s.redirect_uri else s.redirect_path
+    endpoints = ("login", "logout", "userinfo", "check", "health", "backchannel-logout")
+    if callback in {f"{s.endpoint_prefix}/{name}" for name in endpoints}:
+        bad(
+            "redirect_path" if not s.redirect_uri else "redirect_uri",
+            f"names the callback {callback!r}, which is another endpoint; use "
+            f"{s.endpoint_prefix}/callback",
+        )
     if s.post_logout_redirect_uri:
         parts = urlsplit(s.post_logout_redirect_uri)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -357,8 +385,15 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
         )
     if s.cookie_secure not in ("auto", "true", "false"):
         bad("cookie_secure", f"must be auto, true or false, not {s.cookie_secure!r}")
-    if isinstance(s.session_lifetime, int) and s.session_lifetime <= 0:
-        bad("session_lifetime", "must be a positive number of seconds, such as 28800")
+    if (
+        isinstance(s.session_lifetime, int)
+        and not 0 < s.session_lifetime <= MAX_LIFETIME
+    ):
+        bad(
+            "session_lifetime",
+            f"must be a whole number of seconds from 1 to {MAX_LIFETIME} (one year), "
+            "such as 28800",
+        )
     if isinstance(s.http_timeout, float) and not 0 < s.http_timeout <= 300:
         bad("http_timeout", "must be between 0 and 300 seconds, such as 10")
 

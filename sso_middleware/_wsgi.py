@@ -68,9 +68,11 @@ class WSGIMiddleware(SSOMiddleware):
             if environ.get("PATH_INFO", "") not in self._endpoints:
                 verified = self.core.verify_cookie_header(cookie)
                 if verified is not None:
-                    user, cleaned, until = verified
-                    self.core.remember(cookie, user, cleaned, until)
-                    return self._forward(environ, start_response, user, cleaned, ())
+                    session, cleaned = verified
+                    self.core.remember(cookie, session, cleaned)
+                    return self._forward(
+                        environ, start_response, session.user, cleaned, ()
+                    )
         request = request_from_environ(environ)
         outcome = self._run(self.core.handle(request), environ)
         if isinstance(outcome, Forward):
@@ -191,14 +193,22 @@ def _wsgi_str(value: str) -> str:
 
 
 def _read_body(environ: Environ, limit: int) -> bytes | None:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return None
-    if length > limit:
-        return None
+    """Read the request body, or return None when it is longer than ``limit``."""
     stream = environ.get("wsgi.input")
-    return stream.read(length) if stream is not None and length > 0 else b""
+    if stream is None:
+        return b""
+    length = environ.get("CONTENT_LENGTH") or ""
+    if not length and environ.get("wsgi.input_terminated"):
+        # A chunked body: the server ends the stream, so it is read to the end.
+        body: bytes = stream.read(limit + 1)
+        return None if len(body) > limit else body
+    try:
+        size = int(length or 0)
+    except ValueError:
+        return b""
+    if size > limit:
+        return None
+    return stream.read(size) if size > 0 else b""
 
 
 def _reason(status: int) -> str:

@@ -32,8 +32,9 @@ def make_site(request: pytest.FixtureRequest, provider: Provider) -> Iterator[Ma
 
         def make(transport: Any = None, **overrides: Any) -> Site:
             issuer = overrides.pop("issuer", provider.issuer)
-            return build_site(stack, request.param, issuer, transport=transport,
-                              **overrides)
+            return build_site(
+                stack, request.param, issuer, transport=transport, **overrides
+            )
 
         yield make
 
@@ -508,3 +509,56 @@ def test_rejection_logs_a_warning(site: Site, caplog: pytest.LogCaptureFixture) 
     site.navigate("/_sso/callback?code=abc&state=forged")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("rejected with 400" in r.getMessage() for r in warnings)
+
+
+def test_padded_cookie_refused_after_logout(site: Site) -> None:
+    """A signed value can be re-spelled with Base64 padding and still verify."""
+    site.login()
+    value = site.session_cookie() or ""
+    site.client.post(site.url + "/_sso/logout", headers={"Origin": site.url})
+    for spelling in (value, value + "=", value + "=="):
+        thief = httpx.Client(trust_env=False, cookies={"sso_session": spelling})
+        assert thief.get(site.url + "/whoami", headers=JSON).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/_sso/userinfo", "/_sso/health"])
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "POST"])
+def test_read_endpoints_reject_methods(site: Site, path: str, method: str) -> None:
+    response = site.client.request(method, site.url + path, headers=JSON)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+
+
+def test_userinfo_applies_allow_lists(make_site: MakeSite) -> None:
+    site = make_site()
+    site.login(user="bob")
+    restricted = make_site(allowed_email_domains="example.com")
+    client = httpx.Client(
+        trust_env=False, cookies={"sso_session": site.session_cookie() or ""}
+    )
+    assert client.get(restricted.url + "/_sso/userinfo").status_code == 403
+
+
+def test_login_hint_may_be_unicode(site: Site) -> None:
+    response = site.navigate("/_sso/login?login_hint=%C3%A9l%C3%A8ve%40exemple.fr")
+    assert response.status_code == 302
+    params = parse_qs(urlsplit(response.headers["location"]).query)
+    assert params["login_hint"] == ["élève@exemple.fr"]
+
+
+def test_control_character_param_rejected(site: Site) -> None:
+    response = site.navigate("/_sso/login?login_hint=a%0d%0ab")
+    assert response.status_code == 400
+    assert "login_hint" in response.text
+
+
+def test_rejection_log_escapes_path(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sso_middleware")
+    site.client.get(site.url + "/_sso/callback%0d%0aforged-line", headers=JSON)
+    site.navigate("/_sso/callback?code=x&state=forged%0d%0aINFO")
+    for record in caplog.records:
+        if record.name == "sso_middleware":
+            assert "\n" not in record.getMessage()
+            assert "\r" not in record.getMessage()

@@ -178,3 +178,41 @@ def test_settings_are_immutable() -> None:
         settings.client_id = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.auth_params["x"] = "y"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        pytest.param(
+            {"session_lifetime": "1.5"}, "SSO_SESSION_LIFETIME", id="fraction"
+        ),
+        pytest.param({"session_lifetime": 10**13}, "SSO_SESSION_LIFETIME", id="huge"),
+        pytest.param(
+            {"session_lifetime": "9" * 30}, "SSO_SESSION_LIFETIME", id="overflow"
+        ),
+        pytest.param(
+            {"redirect_path": "/_sso/login"},
+            "SSO_REDIRECT_PATH",
+            id="callback-is-login",
+        ),
+        pytest.param(
+            {"redirect_uri": "https://a.example/_sso/logout"},
+            "SSO_REDIRECT_URI",
+            id="callback-is-logout",
+        ),
+        pytest.param({"secret_key": b"k" * 40}, "SSO_SECRET_KEY", id="bytes-key"),
+        pytest.param(
+            {"endpoint_prefix": "sso"}, "SSO_ENDPOINT_PREFIX", id="relative-prefix"
+        ),
+    ],
+)
+def test_more_invalid_values(changes: dict[str, object], variable: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**{**VALID, **changes})
+    assert variable in caught.value.problems
+
+
+def test_prefix_error_shows_prefix_example() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**{**VALID, "endpoint_prefix": "sso"})
+    assert "such as /_sso," in caught.value.problems["SSO_ENDPOINT_PREFIX"]
