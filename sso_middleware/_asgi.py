@@ -116,7 +116,7 @@ class ASGIMiddleware(SSOMiddleware):
                         forwarded = [pair for pair in headers if pair[0] != b"cookie"]
                     if cleaned is not None:
                         forwarded.append((b"cookie", cleaned))
-                    # The ASGI specification asks middleware to copy a scope it
+                    # The ASGI specification requires middleware to copy a scope it
                     # changes.
                     await self.app(
                         {**scope, "headers": forwarded, "user": user}, receive, send
@@ -133,7 +133,7 @@ class ASGIMiddleware(SSOMiddleware):
             await self.app(_forward_scope(scope, outcome.user, cleaned), receive, send)
             return
         if kind == "websocket":
-            # Closing before accepting makes the server answer the handshake with 403.
+            # Closing before accepting makes the server reject the handshake with 403.
             await send({"type": "websocket.close", "code": 1008})
             return
         await _send_reply(send, outcome, head=scope["method"] == "HEAD")

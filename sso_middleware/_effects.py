@@ -1,4 +1,4 @@
-"""The I/O that the framework-free core asks its adapters to perform.
+"""The I/O that the framework-free core requests from its adapters.
 
 The core is written as generators, in the manner of httpx's auth flows: a handler
 yields an effect, the adapter performs it with its own client (blocking for WSGI,

@@ -16,7 +16,7 @@ class ConfigurationError(SSOError, ValueError):
     """Invalid or missing settings.
 
     ``problems`` maps each bad setting, named as its environment variable, to a
-    sentence that says what a valid value looks like.
+    sentence that describes a valid value.
     """
 
     def __init__(self, problems: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from ._user import AnonymousUser, User
 
 @dataclass(slots=True)
 class Request:
-    """What the core needs to know of a request, built by an adapter.
+    """The parts of a request that the core reads, built by an adapter.
 
     ``path`` is the percent-decoded path that the application routes on, and
     ``target`` the raw path and query, used as the return address after login.

@@ -32,7 +32,7 @@ class SSOMiddleware:
 
     The WSGI middleware sets ``environ["sso.user"]`` and ``REMOTE_USER``; the ASGI
     middleware sets ``scope["user"]``. Both remove client-sent identity headers and
-    the middleware's own cookies before the application sees the request.
+    the middleware's own cookies before the application receives the request.
     """
 
     settings: Settings

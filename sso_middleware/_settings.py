@@ -151,7 +151,7 @@ class Settings:
             raise ConfigurationError(problems)
 
     def __repr__(self) -> str:
-        shown = []
+        parts = []
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if item.name in _SECRET_FIELDS:
@@ -162,8 +162,8 @@ class Settings:
                 text = repr(dict(value))
             else:
                 text = repr(value)
-            shown.append(f"{item.name}={text}")
-        return f"Settings({', '.join(shown)})"
+            parts.append(f"{item.name}={text}")
+        return f"Settings({', '.join(parts)})"
 
     @classmethod
     def from_env(

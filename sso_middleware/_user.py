@@ -1,4 +1,4 @@
-"""The authenticated user, as the application sees it."""
+"""The authenticated user, as the application receives it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 class User:
     """A user whose ID token was verified.
 
-    ``claims`` holds the verified claims that the session keeps. ``groups`` and
+    ``claims`` contains the verified claims that the session keeps. ``groups`` and
     ``roles`` come from the ``groups`` and ``roles`` claims. The properties
     ``is_authenticated``, ``display_name`` and ``identity`` make an instance usable as
     Starlette's ``request.user``.

@@ -19,7 +19,6 @@ import io
 import logging
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -30,7 +29,6 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
 from sso_middleware import Settings, SSOMiddleware
 from sso_middleware._http import safe_return_path
@@ -45,7 +43,7 @@ from tests.support.browser import (
     query_params,
 )
 from tests.support.servers import Provider
-from tests.support.threads import serve_wsgi
+from tests.support.threads import serve_asgi, serve_wsgi
 
 JSON = {"Accept": "application/json"}
 SITE = "https://site.example/"
@@ -177,37 +175,6 @@ class Site:
 
     def login(self, target: str = "/whoami", user: str = "alice") -> LoginResult:
         return login(self.client, self.url + target, user=user)
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a thread; yield its base URL.
-
-    uvicorn's own X-Forwarded-Proto handling is off, as in the command line
-    tools, so the middleware alone decides which forwarded headers to believe.
-    """
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        proxy_headers=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start within 10 s")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @dataclass

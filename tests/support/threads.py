@@ -1,7 +1,7 @@
 """Real HTTP servers in a background thread, for apps built inside a test.
 
 Tests that inject a fault transport or read the middleware's log records need the
-application in the test's own process; these servers still speak real HTTP on
+application in the test's own process. These servers still speak real HTTP on
 loopback.
 """
 
