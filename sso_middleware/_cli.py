@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import io
 import logging
 import os
 import re
@@ -14,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import httpx
 import jwt
@@ -23,9 +24,15 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 
 from ._errors import ConfigurationError, ProviderError
 from ._oidc import ProviderMetadata
-from ._proxy import DEFAULT_UPSTREAM_TIMEOUT, ASGIApp, ProxyApp, build_proxy
+from ._proxy import (
+    DEFAULT_CLIENT_BODY_TIMEOUT,
+    DEFAULT_UPSTREAM_TIMEOUT,
+    ASGIApp,
+    ProxyApp,
+    build_proxy,
+)
 from ._serve import DEFAULT_THREADS, WsgiToAsgiWithUser, wrap_for_serving
-from ._settings import ASYMMETRIC_ALGORITHMS, Settings, env_name
+from ._settings import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, Settings, env_name
 
 logger = logging.getLogger("sso_middleware")
 
@@ -35,6 +42,13 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # Seconds that a stopping server waits for requests in progress before it cancels
 # them. Streamed responses can last forever, so the wait must end.
 GRACEFUL_SHUTDOWN_SECONDS = 10
+
+# uvicorn's limit_concurrency. Slow clients and long streams each keep a
+# connection open, and without a limit they could exhaust the process's file
+# descriptors. NOTE: a guess, not a measured capacity. The proxy uses two
+# descriptors per request, so with the common "ulimit -n" of 1024 it can still
+# run out before it reaches this limit.
+DEFAULT_LIMIT_CONCURRENCY = 1000
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -97,7 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the upstream to connect, and then for each read or "
         f"write (default: {DEFAULT_UPSTREAM_TIMEOUT:g})",
     )
-    _add_listen(proxy)
+    proxy.add_argument(
+        "--client-body-timeout",
+        type=_positive_float,
+        default=DEFAULT_CLIENT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds to wait for each next part of a request body from the client; "
+        f"a client that pauses longer gets 408 (default: "
+        f"{DEFAULT_CLIENT_BODY_TIMEOUT:g})",
+    )
+    _add_server_options(proxy)
     proxy.set_defaults(handler=_run_proxy)
 
     serve = commands.add_parser(
@@ -127,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="WSGI requests handled at once, each in its own thread "
         f"(default: {DEFAULT_THREADS})",
     )
-    _add_listen(serve)
+    _add_server_options(serve)
     serve.set_defaults(handler=_run_serve)
 
     check = commands.add_parser(
@@ -243,7 +266,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for field in dataclasses.fields(Settings)
         if getattr(args, field.name, None) is not None
     }
-    return Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides)
+    _validate_store_url(settings)
+    return settings
 
 
 # Argument types
@@ -297,7 +322,8 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _add_listen(parser: argparse.ArgumentParser) -> None:
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Add --listen and --limit-concurrency, the options of the server."""
     default = f"{DEFAULT_LISTEN[0]}:{DEFAULT_LISTEN[1]}"
     parser.add_argument(
         "--listen",
@@ -305,6 +331,15 @@ def _add_listen(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
         help=f"address to listen on (default: {default})",
+    )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=_positive_int,
+        default=DEFAULT_LIMIT_CONCURRENCY,
+        metavar="N",
+        help="number of open connections, a new request's own included, at which "
+        "the request gets 503 Service Unavailable (uvicorn's limit_concurrency, "
+        f"default: {DEFAULT_LIMIT_CONCURRENCY})",
     )
 
 
@@ -314,7 +349,12 @@ def _add_listen(parser: argparse.ArgumentParser) -> None:
 def _run_proxy(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     try:
-        app = build_proxy(settings, args.upstream, timeout=args.upstream_timeout)
+        app = build_proxy(
+            settings,
+            args.upstream,
+            timeout=args.upstream_timeout,
+            client_body_timeout=args.client_body_timeout,
+        )
     except ValueError as error:
         if isinstance(error, ConfigurationError):
             raise
@@ -325,7 +365,13 @@ def _run_proxy(args: argparse.Namespace) -> int:
     if isinstance(inner, ProxyApp):
         closers.append(inner.aclose)
     logger.info("Forwarding signed-in requests to %s", args.upstream)
-    return run_server(app, args.listen, args.log_level, closers=closers)
+    return run_server(
+        app,
+        args.listen,
+        args.log_level,
+        closers=closers,
+        limit_concurrency=args.limit_concurrency,
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -343,11 +389,21 @@ def _run_serve(args: argparse.Namespace) -> int:
         logger.info("Serving WSGI application %s in %d threads", args.app, args.threads)
     else:
         logger.info("Serving ASGI application %s", args.app)
-    return run_server(app, args.listen, args.log_level, closers=[_aclose_of(app)])
+    return run_server(
+        app,
+        args.listen,
+        args.log_level,
+        closers=[_aclose_of(app)],
+        limit_concurrency=args.limit_concurrency,
+    )
 
 
 def _run_check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # Values from the provider may contain characters that the terminal's
+        # encoding lacks, such as any non-ASCII character under LANG=C.
+        sys.stdout.reconfigure(errors="backslashreplace")
     return check_provider(settings, sys.stdout)
 
 
@@ -393,7 +449,13 @@ class StoppableServer(uvicorn.Server):
 
 
 def server_config(
-    app: ASGIApp, host: str, port: int, log_level: str, **options: Any
+    app: ASGIApp,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY,
+    **options: Any,
 ) -> uvicorn.Config:
     """Return the uvicorn configuration shared by the commands."""
     return uvicorn.Config(
@@ -409,7 +471,10 @@ def server_config(
         # The middleware decides itself which X-Forwarded-* headers to believe
         # (SSO_TRUSTED_PROXIES); uvicorn must not rewrite the client address first.
         proxy_headers=False,
+        # uvicorn's own Date header stays on: the middleware's responses need one,
+        # and the proxy removes the upstream's copy.
         server_header=False,
+        limit_concurrency=limit_concurrency,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         **options,
     )
@@ -421,10 +486,14 @@ def run_server(
     log_level: str,
     *,
     closers: Sequence[Closer] = (),
+    limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY,
 ) -> int:
     """Serve ``app`` with uvicorn until a signal stops it, then run ``closers``."""
     host, port = listen
-    server = StoppableServer(server_config(app, host, port, log_level))
+    config = server_config(
+        app, host, port, log_level, limit_concurrency=limit_concurrency
+    )
+    server = StoppableServer(config)
 
     async def serve() -> int:
         status = 0
@@ -444,30 +513,79 @@ def run_server(
 
 # check
 
+# Values from the provider longer than this are cut short in check's output.
+MAX_SHOWN_CHARS = 200
+
+# The key type (kty) that verifies each family of JWS algorithms, from RFC 7518
+# (section 6.1) and RFC 8037 for EdDSA. HMAC algorithms are missing because the
+# middleware verifies them with the client secret, never a JWKS key.
+_KEY_TYPE_BY_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
 
 class _Report:
-    """The lines that ``check`` prints, and whether any of them is an error."""
+    """The lines that ``check`` prints, and whether any of them is an error.
+
+    Lines contain values from the provider, so each one goes through
+    :func:`_printable` before it is printed.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.failed = False
 
     def ok(self, message: str) -> None:
-        print(f"ok:      {message}", file=self.out)
+        self._print("ok:", message)
 
     def note(self, message: str) -> None:
-        print(f"note:    {message}", file=self.out)
+        self._print("note:", message)
 
     def error(self, message: str) -> None:
         self.failed = True
-        print(f"error:   {message}", file=self.out)
+        self._print("error:", message)
+
+    def _print(self, label: str, message: str) -> None:
+        print(f"{label:<9}{_printable(message)}", file=self.out)
+
+
+class _MetadataFindings(NamedTuple):
+    """Findings of the discovery document's check that the keys' check needs."""
+
+    jwks_uri: str | None
+    # The ID token algorithms that both the provider and the settings accept.
+    algorithms: frozenset[str]
+
+
+def _printable(text: str) -> str:
+    """Escape the characters of ``text`` that are not printable, as repr() does.
+
+    A control character could move the cursor or clear the terminal, a line break
+    could forge a report line, and a bidirectional override reorders what follows.
+    """
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+
+
+def _shown(value: Any) -> str:
+    """Return the repr of a value from the provider, cut to MAX_SHOWN_CHARS."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "(a value nested too deeply to show)"
+    if len(text) > MAX_SHOWN_CHARS:
+        return text[:MAX_SHOWN_CHARS] + "..."
+    return text
 
 
 def check_provider(settings: Settings, out: TextIO) -> int:
     """Check the provider's discovery document and keys, and print each finding.
 
     Returns 0 when the provider can be used with ``settings``, 1 otherwise.
+
+    :raises ConfigurationError: when redis cannot parse the session store's URL.
     """
+    store = _store_client(settings) if settings.uses_redis else None
     report = _Report(out)
     report.ok(
         f"settings are valid (issuer {settings.issuer}, client ID {settings.client_id})"
@@ -484,13 +602,15 @@ def check_provider(settings: Settings, out: TextIO) -> int:
     with httpx.Client(timeout=settings.http_timeout, follow_redirects=False) as client:
         metadata = _fetch_json(client, url, "discovery document", report)
         if metadata is not None:
-            jwks_uri = _check_metadata(settings, metadata, report)
-            if jwks_uri is not None:
-                keys = _fetch_json(client, jwks_uri, "signing keys (jwks_uri)", report)
+            findings = _check_metadata(settings, metadata, report)
+            if findings.jwks_uri is not None:
+                keys = _fetch_json(
+                    client, findings.jwks_uri, "signing keys (jwks_uri)", report
+                )
                 if keys is not None:
-                    _check_keys(keys, report)
+                    _check_keys(keys, findings.algorithms, report)
     if settings.uses_redis:
-        _check_store(settings, report)
+        _check_store(store, report)
 
     if report.failed:
         print(
@@ -506,7 +626,9 @@ def _fetch_json(
 ) -> dict[str, Any] | None:
     try:
         response = client.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
+        # httpx.InvalidURL, for example for a port that is not a number, is not
+        # an httpx.HTTPError.
         reason = str(error) or type(error).__name__
         report.error(f"{what} at {url} is unreachable: {reason}")
         return None
@@ -517,6 +639,9 @@ def _fetch_json(
         return None
     try:
         document = response.json()
+    except RecursionError:
+        report.error(f"{what} at {url} is JSON nested too deeply to parse")
+        return None
     except ValueError:
         report.error(
             f"{what} at {url} is not JSON (Content-Type "
@@ -530,10 +655,29 @@ def _fetch_json(
     return document
 
 
+def _string_list(
+    metadata: dict[str, Any], name: str, report: _Report
+) -> list[str] | None:
+    """Return the member ``name`` when it is a list of strings, or None otherwise.
+
+    Discovery lists are JSON arrays of strings (RFC 8414, section 2), so a member
+    of another shape is reported as an error.
+    """
+    value = metadata.get(name)
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    report.error(
+        f"the discovery document's {name} is not a list of strings: {_shown(value)}"
+    )
+    return None
+
+
 def _check_metadata(
     settings: Settings, metadata: dict[str, Any], report: _Report
-) -> str | None:
-    """Report on each member that the middleware uses; return a valid jwks_uri."""
+) -> _MetadataFindings:
+    """Report on each member that the middleware uses."""
     # OpenID Connect Discovery 1.0, section 4.3: the issuer in the document must be
     # identical to the one the document was fetched for.
     issuer = metadata.get("issuer")
@@ -541,7 +685,7 @@ def _check_metadata(
         report.error("the discovery document has no issuer")
     elif issuer != settings.issuer:
         report.error(
-            f"the discovery document's issuer is {issuer!r} but "
+            f"the discovery document's issuer is {_shown(issuer)} but "
             f"{env_name('issuer')} is {settings.issuer!r}: they must be identical, "
             f"so set {env_name('issuer')}={issuer}"
         )
@@ -559,52 +703,46 @@ def _check_metadata(
     for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
         value = metadata.get(name)
         if not isinstance(value, str) or not value.startswith(schemes):
-            report.error(f"the discovery document has no valid {name}: {value!r}")
+            report.error(f"the discovery document has no valid {name}: {_shown(value)}")
         else:
             endpoints[name] = value
             report.ok(f"{name}: {value}")
 
-    auth_methods = metadata.get("token_endpoint_auth_methods_supported")
-    if isinstance(auth_methods, list) and not {
+    auth_methods = _string_list(
+        metadata, "token_endpoint_auth_methods_supported", report
+    )
+    if auth_methods is not None and not {
         "client_secret_basic",
         "client_secret_post",
     }.intersection(auth_methods):
         report.error(
             "the token endpoint supports neither client_secret_basic nor "
-            f"client_secret_post (it lists {auth_methods!r})"
+            f"client_secret_post (it lists {_shown(auth_methods)})"
         )
 
-    methods = metadata.get("code_challenge_methods_supported")
+    methods = _string_list(metadata, "code_challenge_methods_supported", report)
     if methods is not None:
-        if not isinstance(methods, list) or "S256" not in methods:
+        if "S256" not in methods:
             report.error(
                 "the provider does not list S256 in code_challenge_methods_supported "
-                f"({methods!r}); the middleware always sends a PKCE S256 challenge"
+                f"({_shown(methods)}); the middleware always sends a PKCE S256 "
+                "challenge"
             )
         else:
             report.ok("PKCE S256 is supported")
 
-    response_types = metadata.get("response_types_supported")
-    if isinstance(response_types, list) and "code" not in response_types:
+    response_types = _string_list(metadata, "response_types_supported", report)
+    if response_types is not None and "code" not in response_types:
         report.error(
             "the provider does not list 'code' in response_types_supported "
-            f"({response_types!r}); the middleware uses the code flow"
+            f"({_shown(response_types)}); the middleware uses the code flow"
         )
 
-    algorithms = metadata.get("id_token_signing_alg_values_supported")
-    if isinstance(algorithms, list):
-        accepted = set(settings.id_token_algorithms or ASYMMETRIC_ALGORITHMS)
-        usable = sorted(accepted.intersection(algorithms))
-        if usable:
-            report.ok(f"ID token algorithms accepted: {', '.join(usable)}")
-        else:
-            report.error(
-                f"none of the provider's ID token algorithms {algorithms!r} is "
-                f"accepted; set {env_name('id_token_algorithms')} to one of them"
-            )
+    algorithms = _check_algorithms(settings, metadata, report)
 
-    if metadata.get("end_session_endpoint"):
-        report.ok(f"end_session_endpoint: {metadata['end_session_endpoint']}")
+    end_session = metadata.get("end_session_endpoint")
+    if end_session:
+        report.ok(f"end_session_endpoint: {end_session}")
     else:
         report.note(
             "the provider has no end_session_endpoint: sign-out ends the "
@@ -618,35 +756,154 @@ def _check_metadata(
             ProviderMetadata.parse(metadata, settings)
         except ProviderError as error:
             report.error(error.detail)
-    return endpoints.get("jwks_uri")
+        except (TypeError, ValueError, RecursionError) as error:
+            report.error(
+                "the middleware cannot read the discovery document: "
+                f"{type(error).__name__}: {error}"
+            )
+    return _MetadataFindings(endpoints.get("jwks_uri"), algorithms)
 
 
-def _check_keys(jwks: dict[str, Any], report: _Report) -> None:
-    keys = jwks.get("keys")
-    if not isinstance(keys, list) or not keys:
+def _check_algorithms(
+    settings: Settings, metadata: dict[str, Any], report: _Report
+) -> frozenset[str]:
+    """Report the ID token algorithms that the middleware accepts, and return them."""
+    name = "id_token_signing_alg_values_supported"
+    accepted = frozenset(settings.id_token_algorithms or ASYMMETRIC_ALGORITHMS)
+    if metadata.get(name) is None:
+        # OpenID Connect Discovery 1.0, section 3: the member is required and must
+        # include RS256, so the middleware assumes RS256 when it is missing.
+        usable = frozenset(settings.id_token_algorithms) or frozenset({"RS256"})
+    else:
+        advertised = _string_list(metadata, name, report)
+        if advertised is None:
+            return frozenset()
+        usable = accepted.intersection(advertised)
+        if not usable:
+            report.error(
+                f"none of the provider's ID token algorithms {_shown(advertised)} "
+                f"is accepted; set {env_name('id_token_algorithms')} to one of them"
+            )
+            return usable
+    report.ok(f"ID token algorithms accepted: {', '.join(sorted(usable))}")
+    return usable
+
+
+def _check_keys(
+    jwks: dict[str, Any], algorithms: frozenset[str], report: _Report
+) -> None:
+    """Report whether some key in the JWKS can verify the accepted algorithms."""
+    asymmetric = sorted(algorithms - HMAC_ALGORITHMS)
+    if algorithms and not asymmetric:
+        report.note(
+            "ID tokens are verified with the client secret (HMAC), so the "
+            "signing keys are not used"
+        )
+        return
+    entries = jwks.get("keys")
+    if not isinstance(entries, list) or not entries:
         report.error("the signing key set (jwks_uri) has no keys")
         return
-    try:
-        key_set = jwt.PyJWKSet.from_dict(jwks)
-    except jwt.PyJWTError as error:
-        report.error(f"the signing key set (jwks_uri) has no usable key: {error}")
+    key_types = _signing_key_types(entries)
+    skipped = len(entries) - len(key_types)
+    if skipped:
+        report.note(
+            f"{skipped} of {len(entries)} key(s) in the signing key set (jwks_uri) "
+            "are skipped: they are invalid or not for signatures"
+        )
+    if not key_types:
+        report.error("the signing key set (jwks_uri) has no usable signing key")
         return
-    kinds = sorted({key.algorithm_name for key in key_set.keys})
-    report.ok(f"{len(key_set.keys)} usable key(s) of {len(keys)}: {', '.join(kinds)}")
+    if not asymmetric:
+        # No algorithm is accepted, which _check_algorithms has reported.
+        return
+
+    needed_types = {_KEY_TYPE_BY_PREFIX.get(algorithm[:2]) for algorithm in asymmetric}
+    usable = [key_type for key_type in key_types if key_type in needed_types]
+    listed = ", ".join(asymmetric)
+    if usable:
+        report.ok(f"{len(usable)} usable signing key(s) of {len(entries)} for {listed}")
+    elif algorithms & HMAC_ALGORITHMS:
+        report.note(
+            f"no key in the signing key set (jwks_uri) can verify {listed}: only "
+            "ID tokens signed with the client secret (HMAC) can be verified"
+        )
+    else:
+        types = ", ".join(sorted(set(key_types)))
+        report.error(
+            f"no key in the signing key set (jwks_uri) can verify ID tokens signed "
+            f"with {listed}: it has only keys of type {types}"
+        )
 
 
-def _check_store(settings: Settings, report: _Report) -> None:
+def _signing_key_types(entries: list[Any]) -> list[str]:
+    """Return the key type (kty) of each entry that the middleware can load.
+
+    The rules are those of the middleware: entries that are not objects, are not
+    for signatures or that PyJWT cannot load are skipped.
+    """
+    key_types: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        try:
+            jwt.PyJWK(entry)
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+            # PyJWT 2.15 raises TypeError for an "alg" that is not a string.
+            continue
+        key_types.append(str(entry["kty"]))
+    return key_types
+
+
+def _store_client(settings: Settings) -> Any:
+    """Return a redis client for the session store, or None without the package.
+
+    :raises ConfigurationError: when redis cannot parse the URL.
+    """
     try:
         import redis
     except ImportError:
+        return None
+    _validate_store_url(settings)
+    return redis.Redis.from_url(
+        settings.session_store, socket_timeout=2, socket_connect_timeout=2
+    )
+
+
+def _validate_store_url(settings: Settings) -> None:
+    """Raise ConfigurationError when redis cannot parse the session store's URL.
+
+    Settings checks only the URL's scheme, and a port that is not a number would
+    otherwise stop the server with a message that names no setting.
+    """
+    if not settings.uses_redis:
+        return
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        # Reported by check, and by the session store when the server starts.
+        return
+    try:
+        parse_url(settings.session_store)  # type: ignore[no-untyped-call]
+    except ValueError as error:
+        # The message names the part that is wrong, never the password.
+        raise ConfigurationError(
+            {
+                env_name("session_store"): "must be a redis URL such as "
+                f"redis://localhost:6379/0 ({error})"
+            }
+        ) from None
+
+
+def _check_store(client: Any, report: _Report) -> None:
+    if client is None:
         report.error(
             f"{env_name('session_store')} names redis, but the redis package "
             "is not installed: pip install 'sso-middleware[redis]'"
         )
         return
-    client = redis.Redis.from_url(
-        settings.session_store, socket_timeout=2, socket_connect_timeout=2
-    )
+    import redis
+
     try:
         client.ping()
     except redis.RedisError as error:

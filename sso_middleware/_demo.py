@@ -182,8 +182,11 @@ async def _serve(
     # silence the proxy too (uvicorn 0.55), so the sample application's lines are
     # filtered out instead: each proxied request is logged once.
     logging.getLogger("uvicorn.access").addFilter(_not_from_sample_app)
+    # Both servers also log their start and stop to "uvicorn.error", and the
+    # records do not name the server, so only the proxy's lines are kept.
+    logging.getLogger("uvicorn.error").addFilter(_quiet_sample_server)
     proxy_server = StoppableServer(server_config(proxy_app, HOST, port, log_level))
-    app_task = asyncio.create_task(app_server.serve(sockets=[app_socket]))
+    app_task = asyncio.create_task(_serve_sample_app(app_server, app_socket))
     proxy_task = asyncio.create_task(proxy_server.serve(sockets=[proxy_socket]))
     try:
         while not (app_server.started and proxy_server.started):
@@ -277,8 +280,31 @@ _IN_SAMPLE_APP: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
+# Set in the task that runs the sample application's server, and so in the
+# tasks and callbacks that it starts, which copy its context.
+_IN_SAMPLE_SERVER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "_IN_SAMPLE_SERVER", default=False
+)
+
+
 def _not_from_sample_app(record: logging.LogRecord) -> bool:
     return not _IN_SAMPLE_APP.get()
+
+
+def _quiet_sample_server(record: logging.LogRecord) -> bool:
+    """Drop the sample application server's INFO lines, and label its warnings."""
+    if not _IN_SAMPLE_SERVER.get():
+        return True
+    if record.levelno < logging.WARNING:
+        return False
+    record.msg = f"sample application server: {record.msg}"
+    return True
+
+
+async def _serve_sample_app(server: uvicorn.Server, sock: socket.socket) -> None:
+    # The task has a context of its own, so the value stays in this task.
+    _IN_SAMPLE_SERVER.set(True)
+    await server.serve(sockets=[sock])
 
 
 async def sample_app(scope: Scope, receive: Receive, send: Send) -> None:

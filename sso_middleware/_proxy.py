@@ -34,6 +34,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
+# The same default as nginx's client_body_timeout.
+DEFAULT_CLIENT_BODY_TIMEOUT = 60.0
 
 # Hop-by-hop headers apply to one connection only and are never forwarded
 # (RFC 9110, section 7.6.1). Proxy-* headers are meant for this proxy itself.
@@ -68,11 +70,26 @@ _FORWARDING_HEADERS = frozenset(
     }
 )
 
+# Headers that a Connection header cannot make hop-by-hop. The proxy reads the
+# client's Host to send it upstream and to set X-Forwarded-Host, and RFC 9110
+# (section 7.6.1) forbids listing a header that is meant for every recipient.
+_END_TO_END = frozenset({b"host"})
+
+# Response headers that the ASGI server in front writes itself. uvicorn 0.55 adds
+# Date, and Server unless server_header is off, without looking at the
+# application's headers, so the upstream's copies would be sent twice. nginx's
+# proxy module also hides the upstream's Date and Server by default.
+_SET_BY_SERVER = frozenset({b"date", b"server"})
+
 _NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 class _ClientDisconnected(Exception):
     """The client closed the connection before it sent the whole request body."""
+
+
+class _ClientBodyTimeout(Exception):
+    """The client sent no request body data for ``client_body_timeout`` seconds."""
 
 
 class _DiscardingCookieJar(CookieJar):
@@ -96,13 +113,19 @@ class ProxyApp:
     so ``http://127.0.0.1:8080/app`` receives ``/x?y=1`` as ``/app/x?y=1``. Request
     and response bodies are streamed. Hop-by-hop headers are removed in both
     directions, the original ``Host`` is kept, and ``X-Forwarded-For``,
-    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set. When ``scope["user"]``
-    is an authenticated :class:`~sso_middleware.User`, the identity headers
-    (``X-Forwarded-User``, ``-Email``, ``-Preferred-Username``, ``-Groups``) carry
-    it. Client-sent copies of those headers are always removed.
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are set. A request with both
+    ``Transfer-Encoding`` and ``Content-Length`` is forwarded chunked, without its
+    ``Content-Length`` (RFC 9112, section 6.3). The upstream's ``Date`` and
+    ``Server`` response headers are removed, because the ASGI server in front adds
+    its own. When ``scope["user"]`` is an authenticated
+    :class:`~sso_middleware.User`, the identity headers (``X-Forwarded-User``,
+    ``-Email``, ``-Preferred-Username``, ``-Groups``) carry it. Client-sent copies
+    of those headers are always removed.
 
-    An unreachable upstream gets ``502`` and an upstream that times out ``504``,
-    as an HTML page for browsers and JSON otherwise, with one WARNING log line.
+    An unreachable upstream, or any other failure to send the request upstream,
+    gets ``502``. An upstream that times out gets ``504``, and a client that stops
+    sending its request body ``408``. Each is an HTML page for browsers and JSON
+    otherwise, with one WARNING log line.
 
     WebSocket connections are not supported through the proxy: the handshake is
     closed with code 1011 and logged.
@@ -115,6 +138,10 @@ class ProxyApp:
         From those peers, client-sent ``X-Forwarded-*`` and ``Forwarded`` headers
         are kept and the peer is appended to ``X-Forwarded-For``. From any other
         peer they are replaced.
+    :param client_body_timeout: seconds to wait for each next part of the request
+        body from the client, like nginx's ``client_body_timeout``. uvicorn 0.55
+        limits neither this wait nor the wait for the headers of a connection's
+        first request.
     :raises ValueError: when ``upstream`` is not an http(s) URL without query or
         fragment.
     """
@@ -125,6 +152,7 @@ class ProxyApp:
         *,
         timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
         trusted_proxies: Iterable[str] = (),
+        client_body_timeout: float = DEFAULT_CLIENT_BODY_TIMEOUT,
     ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -142,10 +170,13 @@ class ProxyApp:
         self._trusted = tuple(
             ipaddress.ip_network(proxy, strict=False) for proxy in trusted_proxies
         )
+        self._client_body_timeout = client_body_timeout
         # trust_env is off so that HTTP_PROXY and similar variables cannot send
         # the traffic meant for the upstream somewhere else. The pool has no
-        # connection limit because every client request holds its own connection
-        # while it streams. uvicorn's limit_concurrency option bounds the total.
+        # connection limit because every client request uses its own connection
+        # while it streams. So only the ASGI server bounds the number of upstream
+        # connections, by bounding the requests in progress: "sso-middleware
+        # proxy --limit-concurrency" sets uvicorn's limit_concurrency.
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
@@ -229,7 +260,11 @@ class ProxyApp:
 
         headers = self._request_headers(scope)
         body_state = _BodyState()
-        content = _request_body(receive, body_state) if _has_body(scope) else None
+        content = (
+            _request_body(receive, body_state, self._client_body_timeout)
+            if _has_body(scope)
+            else None
+        )
         if content is None:
             body_state.done = True
         request = httpx.Request(method, url, headers=headers, content=content)
@@ -238,6 +273,24 @@ class ProxyApp:
             response = await self._client.send(request, stream=True)
         except _ClientDisconnected:
             logger.info("Client disconnected while sending %s %s", method, path)
+            return
+        except _ClientBodyTimeout:
+            logger.warning(
+                "Client sent no request body data for %g seconds: %s %s",
+                self._client_body_timeout,
+                method,
+                path,
+            )
+            # A 408 should carry the "close" connection option (RFC 7231, section
+            # 6.5.7), and the rest of the body would not be read anyway.
+            await _send_error(
+                scope,
+                send,
+                408,
+                "request_timeout",
+                "The request body did not arrive in time.",
+                close=True,
+            )
             return
         except httpx.TimeoutException as error:
             logger.warning(
@@ -262,6 +315,27 @@ class ProxyApp:
                 method,
                 path,
                 _describe(error),
+            )
+            await _send_error(
+                scope,
+                send,
+                502,
+                "upstream_unavailable",
+                "The application cannot be reached.",
+            )
+            return
+        except Exception as error:
+            # httpcore 1.0.9 lets some errors through unwrapped, such as h11's
+            # LocalProtocolError for a body shorter than its Content-Length. The
+            # traceback is logged at DEBUG only, because a client can cause it.
+            logger.warning(
+                "Forwarding %s %s to upstream %s failed: %s: %s",
+                method,
+                path,
+                self.upstream,
+                type(error).__name__,
+                error,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
             )
             await _send_error(
                 scope,
@@ -338,9 +412,14 @@ class ProxyApp:
         client = scope.get("client")
         peer = client[0] if client else None
         trusted = peer is not None and self._is_trusted(peer)
-        dropped = _HOP_BY_HOP | _connection_tokens(raw)
+        dropped = _HOP_BY_HOP | (_connection_tokens(raw) - _END_TO_END)
         if not trusted:
             dropped = dropped | _FORWARDING_HEADERS
+        if any(name.lower() == b"transfer-encoding" for name, _ in raw):
+            # RFC 9112, section 6.3: Transfer-Encoding overrides Content-Length, and
+            # a sender must remove the received Content-Length before it forwards
+            # such a message. httpx sends the decoded body chunked again.
+            dropped = dropped | {b"content-length"}
 
         headers: list[tuple[bytes, bytes]] = []
         forwarded_for: list[bytes] = []
@@ -394,6 +473,7 @@ def build_proxy(
     upstream: str,
     *,
     timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
+    client_body_timeout: float = DEFAULT_CLIENT_BODY_TIMEOUT,
 ) -> ASGIApp:
     """Build the authenticating reverse proxy: SSOMiddleware in front of a ProxyApp.
 
@@ -402,7 +482,10 @@ def build_proxy(
     lifespan shutdown event.
     """
     proxy = ProxyApp(
-        upstream, timeout=timeout, trusted_proxies=settings.trusted_proxies
+        upstream,
+        timeout=timeout,
+        trusted_proxies=settings.trusted_proxies,
+        client_body_timeout=client_body_timeout,
     )
     return cast(ASGIApp, SSOMiddleware(proxy, settings, interface="asgi"))
 
@@ -416,9 +499,15 @@ class _BodyState:
         self.done = False
 
 
-async def _request_body(receive: Receive, state: _BodyState) -> AsyncIterator[bytes]:
+async def _request_body(
+    receive: Receive, state: _BodyState, timeout: float
+) -> AsyncIterator[bytes]:
     while True:
-        message = await receive()
+        try:
+            with anyio.fail_after(timeout):
+                message = await receive()
+        except TimeoutError:
+            raise _ClientBodyTimeout from None
         if message["type"] == "http.disconnect":
             raise _ClientDisconnected
         chunk = message.get("body", b"")
@@ -432,12 +521,13 @@ async def _request_body(receive: Receive, state: _BodyState) -> AsyncIterator[by
 def _has_body(scope: Scope) -> bool:
     # Without Content-Length or Transfer-Encoding a request has no body
     # (RFC 9112, section 6.3). Sending an empty chunked body instead would give a
-    # GET a body that some servers reject.
-    for name, value in scope.get("headers", []):
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            return True
-        if lower == b"content-length":
+    # GET a body that some servers reject. Transfer-Encoding overrides
+    # Content-Length, whichever comes first.
+    headers = scope.get("headers", [])
+    if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+        return True
+    for name, value in headers:
+        if name.lower() == b"content-length":
             return bool(value.strip() != b"0")
     return False
 
@@ -484,7 +574,7 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 
 def _response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     raw = list(raw)
-    dropped = _HOP_BY_HOP | _connection_tokens(raw)
+    dropped = _HOP_BY_HOP | _SET_BY_SERVER | _connection_tokens(raw)
     return [
         (name.lower(), value)
         for name, value in raw
@@ -494,13 +584,20 @@ def _response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, b
 
 _ERROR_TITLES = {
     400: "Bad request",
+    408: "Request timed out",
     502: "Application unavailable",
     504: "Application timed out",
 }
 
 
 async def _send_error(
-    scope: Scope, send: Send, status: int, code: str, message: str
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    close: bool = False,
 ) -> None:
     accept = b", ".join(
         value for name, value in scope.get("headers", []) if name.lower() == b"accept"
@@ -515,6 +612,8 @@ async def _send_error(
         for name, value in reply.headers
     ]
     headers.append((b"content-length", str(len(reply.body)).encode("ascii")))
+    if close:
+        headers.append((b"connection", b"close"))
     await send(
         {"type": "http.response.start", "status": reply.status, "headers": headers}
     )

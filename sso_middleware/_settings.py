@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ._errors import ConfigurationError
 
@@ -284,7 +284,7 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
     def bad(name: str, message: str) -> None:
         problems.setdefault(env_name(name), message)
 
-    issuer = urlsplit(s.issuer) if isinstance(s.issuer, str) else None
+    issuer = _split(s.issuer) if isinstance(s.issuer, str) else None
     if not s.issuer:
         bad(
             "issuer",
@@ -324,8 +324,13 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
         )
 
     if s.redirect_uri:
-        parts = urlsplit(s.redirect_uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        parts = _split(s.redirect_uri)
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.fragment
+        ):
             bad(
                 "redirect_uri",
                 f"must be an absolute http(s) URL without a fragment, "
@@ -345,7 +350,8 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
             bad(name, f"must be an absolute path such as {example}, not {value!r}")
     if isinstance(s.endpoint_prefix, str) and s.endpoint_prefix.endswith("/"):
         bad("endpoint_prefix", "must not end with '/', such as /_sso")
-    callback = urlsplit(s.redirect_uri).path if s.redirect_uri else s.redirect_path
+    callback_parts = _split(s.redirect_uri) if s.redirect_uri else None
+    callback = callback_parts.path if callback_parts else s.redirect_path
     endpoints = ("login", "logout", "userinfo", "check", "health", "backchannel-logout")
     if callback in {f"{s.endpoint_prefix}/{name}" for name in endpoints}:
         bad(
@@ -354,8 +360,8 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
             f"{s.endpoint_prefix}/callback",
         )
     if s.post_logout_redirect_uri:
-        parts = urlsplit(s.post_logout_redirect_uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        parts = _split(s.post_logout_redirect_uri)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             bad(
                 "post_logout_redirect_uri",
                 f"must be an absolute http(s) URL, not {s.post_logout_redirect_uri!r}",
@@ -398,8 +404,17 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
         bad("http_timeout", "must be between 0 and 300 seconds, such as 10")
 
     if s.session_store != "cookie":
-        scheme = urlsplit(s.session_store).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        store = _split(s.session_store)
+        try:
+            # urlsplit parses the port lazily, and redis would raise on it later.
+            valid_port = store is not None and (store.port or 0) >= 0
+        except ValueError:
+            valid_port = False
+        if (
+            store is None
+            or store.scheme not in ("redis", "rediss", "unix")
+            or not (valid_port)
+        ):
             bad(
                 "session_store",
                 "must be 'cookie' or a redis:// URL such as "
@@ -440,8 +455,18 @@ def _validate(s: Settings, problems: dict[str, str]) -> None:
             )
 
 
+def _split(url: str) -> SplitResult | None:
+    """Split a URL, or return None when urllib cannot parse it."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
 def _mask_url_password(url: str) -> str:
-    parts = urlsplit(url)
+    parts = _split(url)
+    if parts is None:
+        return "(unparsable URL)"
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)

@@ -11,7 +11,9 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +25,7 @@ from tests.support.browser import NAVIGATION_HEADERS, login
 from tests.support.servers import AppServer, Provider
 
 StartCli = Callable[..., AppServer]
+CompletedProcess = subprocess.CompletedProcess[str]
 
 CLI_TIMEOUT = 60.0
 JSON = {"Accept": "application/json"}
@@ -108,6 +111,231 @@ def test_check_fails_on_other_issuer(
     assert "The provider cannot be used as configured" in result.stdout
 
 
+# check against a provider that serves hostile documents
+
+
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+@dataclass
+class FakeProvider:
+    """A discovery document and a JWKS served from a thread, changeable per test.
+
+    ``pages`` maps each path to the JSON body served for it. It starts with a copy
+    of the mock provider's discovery document, with this server as the issuer and
+    ``/jwks`` as the jwks_uri, and a copy of the mock provider's JWKS.
+    """
+
+    url: str
+    pages: dict[str, bytes]
+    discovery: dict[str, Any]
+    jwks: dict[str, Any]
+
+    def serve_discovery(self, **members: Any) -> None:
+        self.pages[DISCOVERY_PATH] = json.dumps({**self.discovery, **members}).encode()
+
+    def serve_keys(self, *keys: dict[str, Any]) -> None:
+        self.pages["/jwks"] = json.dumps({"keys": list(keys)}).encode()
+
+
+@pytest.fixture
+def fake_provider(provider: Provider) -> Iterator[FakeProvider]:
+    pages: dict[str, bytes] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = pages.get(environ["PATH_INFO"])
+        if body is None:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    with servers.serve_wsgi_in_thread(app) as url:
+        discovery = provider.discovery()
+        jwks = httpx.get(discovery["jwks_uri"], trust_env=False).json()
+        fake = FakeProvider(
+            url, pages, {**discovery, "issuer": url, "jwks_uri": url + "/jwks"}, jwks
+        )
+        fake.serve_discovery()
+        fake.serve_keys(*jwks["keys"])
+        yield fake
+
+
+def run_check(fake: FakeProvider, sso_env: dict[str, str]) -> CompletedProcess:
+    return run_cli(["check"], {**sso_env, "SSO_ISSUER": fake.url})
+
+
+def test_check_passes_on_fake_provider(
+    fake_provider: FakeProvider, sso_env: dict[str, str]
+) -> None:
+    result = run_check(fake_provider, sso_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+NESTED_JSON = b"[" * 200_000
+
+HOSTILE_MEMBERS = [
+    pytest.param(
+        "token_endpoint_auth_methods_supported", [["x"]], id="auth-methods-nested"
+    ),
+    pytest.param(
+        "id_token_signing_alg_values_supported", [["RS256"]], id="algorithms-nested"
+    ),
+    pytest.param(
+        "code_challenge_methods_supported", [{"S256": 1}], id="pkce-methods-object"
+    ),
+    pytest.param("response_types_supported", [["code"]], id="response-types-nested"),
+    pytest.param("jwks_uri", "http://127.0.0.1:notaport/jwks", id="jwks-uri-bad-port"),
+]
+
+
+@pytest.mark.parametrize(("member", "value"), HOSTILE_MEMBERS)
+def test_check_reports_hostile_member(
+    fake_provider: FakeProvider, sso_env: dict[str, str], member: str, value: Any
+) -> None:
+    fake_provider.serve_discovery(**{member: value})
+    result = run_check(fake_provider, sso_env)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert member in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "what"),
+    [
+        pytest.param(DISCOVERY_PATH, "discovery document", id="discovery"),
+        pytest.param("/jwks", "signing keys", id="jwks"),
+    ],
+)
+def test_check_reports_nested_json(
+    fake_provider: FakeProvider, sso_env: dict[str, str], path: str, what: str
+) -> None:
+    fake_provider.pages[path] = NESTED_JSON
+    result = run_check(fake_provider, sso_env)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert f"error:   {what}" in result.stdout
+
+
+def rsa_key(fake: FakeProvider) -> dict[str, Any]:
+    key: dict[str, Any] = fake.jwks["keys"][0]
+    assert key["kty"] == "RSA"
+    return key
+
+
+HMAC_KEY = {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0", "kid": "h"}
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        pytest.param(
+            lambda rsa: [{**rsa, "alg": ["HS256"]}],
+            "no usable signing key",
+            id="alg-list",
+        ),
+        pytest.param(lambda rsa: [{**rsa, "kty": 7}], "no usable", id="kty-number"),
+        pytest.param(lambda rsa: ["key"], "no usable signing key", id="key-string"),
+        pytest.param(lambda rsa: [HMAC_KEY], "can verify", id="hmac-only"),
+        pytest.param(
+            lambda rsa: [{**rsa, "use": "enc"}], "no usable", id="encryption-only"
+        ),
+    ],
+)
+def test_check_rejects_unusable_keys(
+    fake_provider: FakeProvider,
+    sso_env: dict[str, str],
+    keys: Callable[[dict[str, Any]], list[Any]],
+    message: str,
+) -> None:
+    fake_provider.serve_keys(*keys(rsa_key(fake_provider)))
+    result = run_check(fake_provider, sso_env)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert message in result.stdout
+    assert "All checks passed." not in result.stdout
+
+
+def test_check_skips_bad_key_beside_good(
+    fake_provider: FakeProvider, sso_env: dict[str, str]
+) -> None:
+    rsa = rsa_key(fake_provider)
+    fake_provider.serve_keys({**rsa, "alg": ["HS256"], "kid": "odd"}, HMAC_KEY, rsa)
+    result = run_check(fake_provider, sso_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 usable signing key(s) of 3" in result.stdout
+
+
+def test_check_hmac_key_with_hmac_algorithm(
+    fake_provider: FakeProvider, sso_env: dict[str, str]
+) -> None:
+    # HMAC-signed ID tokens are verified with the client secret, not a JWKS key.
+    fake_provider.serve_discovery(id_token_signing_alg_values_supported=["HS256"])
+    fake_provider.serve_keys(HMAC_KEY)
+    env = {**sso_env, "SSO_ID_TOKEN_ALGORITHMS": "HS256"}
+    result = run_check(fake_provider, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("member", "raw", "escaped"),
+    [
+        pytest.param(
+            "end_session_endpoint",
+            "/logout\x1b[2J\x07",
+            r"/logout\x1b[2J\x07",
+            id="terminal-escape",
+        ),
+        pytest.param(
+            "authorization_endpoint",
+            "/auth\u202egnp.exe",
+            r"/auth\u202egnp.exe",
+            id="bidi-override",
+        ),
+        pytest.param(
+            "issuer",
+            "https://other\r\nok:      forged",
+            r"https://other\r\nok:      forged",
+            id="line-break",
+        ),
+    ],
+)
+def test_check_escapes_provider_text(
+    fake_provider: FakeProvider,
+    sso_env: dict[str, str],
+    member: str,
+    raw: str,
+    escaped: str,
+) -> None:
+    value = raw if member == "issuer" else fake_provider.url + raw
+    fake_provider.serve_discovery(**{member: value})
+    result = run_check(fake_provider, sso_env)
+    assert "Traceback" not in result.stderr
+    assert raw not in result.stdout
+    assert escaped in result.stdout
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        pytest.param("redis://127.0.0.1:notaport", id="port-not-number"),
+        pytest.param("redis://127.0.0.1:99999", id="port-too-high"),
+        pytest.param("redis://[zz", id="bracket-unclosed"),
+    ],
+)
+def test_check_rejects_bad_store_url(sso_env: dict[str, str], store: str) -> None:
+    result = run_cli(["check"], {**sso_env, "SSO_SESSION_STORE": store})
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "  SSO_SESSION_STORE: " in result.stderr
+
+
+def test_check_store_url_password_hidden(sso_env: dict[str, str]) -> None:
+    store = "redis://:hunter2-password@127.0.0.1:notaport"
+    result = run_cli(["check"], {**sso_env, "SSO_SESSION_STORE": store})
+    assert "hunter2-password" not in result.stdout + result.stderr
+
+
 INVALID_SETTINGS = {
     "SSO_ISSUER": "ftp://login.example.com",
     "SSO_CLIENT_ID": "",
@@ -174,6 +402,23 @@ def test_configuration_error_exits_2(sso_env: dict[str, str], args: list[str]) -
     result = run_cli(args, env)
     assert result.returncode == 2
     assert "SSO_SESSION_LIFETIME" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(
+            ["proxy", "--upstream", "http://127.0.0.1:9", *LISTEN], id="proxy"
+        ),
+        pytest.param(["serve", "tests.support.apps:flask_app", *LISTEN], id="serve"),
+    ],
+)
+def test_bad_store_url_exits_2(sso_env: dict[str, str], args: list[str]) -> None:
+    env = {**sso_env, "SSO_SESSION_STORE": "redis://127.0.0.1:notaport"}
+    result = run_cli(args, env)
+    assert result.returncode == 2
+    assert "  SSO_SESSION_STORE: " in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -252,11 +497,18 @@ def test_help_exits_0(args: list[str], usage: str) -> None:
         pytest.param("--session-store", id="session-store"),
         pytest.param("--listen", id="listen"),
         pytest.param("--upstream-timeout", id="upstream-timeout"),
+        pytest.param("--client-body-timeout", id="client-body-timeout"),
+        pytest.param("--limit-concurrency", id="limit-concurrency"),
     ],
 )
 def test_proxy_help_lists_flag(flag: str) -> None:
     result = run_cli(["proxy", "--help"], {})
     assert flag in result.stdout
+
+
+def test_serve_help_lists_limit() -> None:
+    result = run_cli(["serve", "--help"], {})
+    assert "--limit-concurrency" in result.stdout
 
 
 def test_no_command_exits_2() -> None:
@@ -409,3 +661,36 @@ def test_serve_stops_cleanly_on_sigterm(
     status = starlette_served.process.stop(timeout=15)
     assert status == 0
     assert "Traceback" not in starlette_served.process.log_text()
+
+
+# demo
+
+
+def wait_for_log(server: AppServer, text: str, timeout: float = 30.0) -> str:
+    """Poll the server's log until it contains ``text``, and return the log."""
+    deadline = time.monotonic() + timeout
+    while text not in (log := server.process.log_text()):
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{log}"
+        time.sleep(0.1)
+    return log
+
+
+@pytest.fixture
+def demo_log(start_cli: StartCli) -> str:
+    """The demo's output from its start to its stop."""
+    demo = start_cli(["demo", "--port", "{port}"], {})
+    wait_for_log(demo, "Press Ctrl-C to stop.")
+    assert demo.process.stop(timeout=15) == 0
+    return demo.process.log_text()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param("Started server process", id="started"),
+        pytest.param("Shutting down", id="shutting-down"),
+        pytest.param("Finished server process", id="finished"),
+    ],
+)
+def test_demo_logs_server_lines_once(demo_log: str, line: str) -> None:
+    assert demo_log.count(line) == 1, demo_log

@@ -8,17 +8,20 @@ receives as JSON, so each test can see exactly what the proxy forwarded.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
+from sso_middleware._proxy import ProxyApp
 from tests.support import servers
 from tests.support.browser import NAVIGATION_HEADERS, login
 from tests.support.servers import AppServer, Provider
@@ -488,22 +491,30 @@ def test_dot_segment_rejected_signed_in(
     assert json.loads(body)["error"] == "invalid_request"
 
 
+def test_dot_segment_inside_public_rejected(proxy: ProxySite) -> None:
+    # Both path forms are public, so the request reaches the proxy without a
+    # session, and the proxy must not send the unnormalized path upstream.
+    status, body = raw_get(proxy.port, "/public/x/%2e%2e/page", JSON)
+    assert status == 400
+    assert json.loads(body)["error"] == "invalid_request"
+
+
 @pytest.mark.parametrize(
     "target",
     [
-        pytest.param("/public/x/%2e%2e/page", id="encoded-dots-inside"),
         pytest.param("/whoami/../public/page", id="dot-dot-into-public"),
         pytest.param("/whoami/%2e%2e/public/page", id="encoded-dots-into-public"),
         pytest.param("/whoami%2f..%2fpublic/page", id="encoded-slashes"),
         pytest.param("/whoami;x/..;y/public/page", id="matrix-parameters"),
     ],
 )
-def test_dot_segment_into_public_rejected(proxy: ProxySite, target: str) -> None:
-    # The normalized path is public, so the request reaches the proxy without a
-    # session, and the proxy must not send the unnormalized path upstream.
+def test_dot_segment_into_public_needs_login(proxy: ProxySite, target: str) -> None:
+    # Only the normalized path is public. A public path must match in both forms,
+    # because an application that does not resolve dot segments would route the
+    # request by the path as received.
     status, body = raw_get(proxy.port, target, JSON)
-    assert status == 400
-    assert json.loads(body)["error"] == "invalid_request"
+    assert status == 401
+    assert json.loads(body)["error"] == "login_required"
 
 
 @pytest.mark.parametrize(
@@ -576,3 +587,199 @@ def test_upstream_down_logged(
     log = proxy.process.log_text()
     assert f"Upstream {upstream.url} unreachable for GET /public/page" in log
     assert "Traceback" not in log
+
+
+# Request framing, sent byte for byte
+
+
+def raw_exchange(
+    port: int, request: bytes, *, timeout: float = REQUEST_TIMEOUT
+) -> tuple[int, bytes]:
+    """Send ``request`` exactly as written, and return the status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
+
+
+CHUNKED_WITH_CONTENT_LENGTH = (
+    b"POST /public/x HTTP/1.1\r\n"
+    b"Host: 127.0.0.1\r\n"
+    b"Accept: application/json\r\n"
+    b"Content-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"Connection: close\r\n"
+    b"\r\n"
+    b"3\r\nabc\r\n0\r\n\r\n"
+)
+
+
+@pytest.fixture
+def chunked_with_length(proxy: ProxySite) -> tuple[int, bytes]:
+    """The proxy's response to a chunked body that also declares Content-Length."""
+    return raw_exchange(proxy.port, CHUNKED_WITH_CONTENT_LENGTH)
+
+
+def test_chunked_with_length_forwarded(chunked_with_length: tuple[int, bytes]) -> None:
+    status, body = chunked_with_length
+    assert status == 200
+    assert json.loads(body)["body"] == "abc"
+
+
+def test_chunked_with_length_drops_length(
+    chunked_with_length: tuple[int, bytes],
+) -> None:
+    # RFC 9112, section 6.3: Transfer-Encoding overrides Content-Length.
+    document = json.loads(chunked_with_length[1])
+    assert header_values(document, "content-length") == []
+
+
+def test_chunked_with_length_no_traceback(
+    chunked_with_length: tuple[int, bytes], proxy: ProxySite
+) -> None:
+    assert "Traceback" not in proxy.server.process.log_text()
+
+
+def short_body_upstream(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+async def call_with_short_body(app: ProxyApp) -> list[dict[str, Any]]:
+    """Call ``app`` with a body shorter than its Content-Length; return what it sent.
+
+    An ASGI server never delivers such a body, so this reaches the handling of an
+    error that the upstream connection raises while the body is sent.
+    """
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "raw_path": b"/upload",
+        "query_string": b"",
+        "scheme": "http",
+        "headers": [(b"host", b"127.0.0.1"), (b"content-length", b"5")],
+        "client": ("127.0.0.1", 50000),
+    }
+    messages = [{"type": "http.request", "body": b"abc", "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(REQUEST_TIMEOUT)
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        await app.aclose()
+    return sent
+
+
+def test_body_send_error_gets_502(caplog: pytest.LogCaptureFixture) -> None:
+    with servers.serve_wsgi_in_thread(short_body_upstream) as upstream_url:
+        sent = asyncio.run(call_with_short_body(ProxyApp(upstream_url)))
+    assert sent[0]["status"] == 502
+    assert json.loads(sent[1]["body"])["error"] == "upstream_unavailable"
+    assert "Forwarding POST /upload to upstream" in caplog.text
+
+
+# Response headers that the server in front adds
+
+
+def test_response_has_one_date(proxy: ProxySite, client: httpx.Client) -> None:
+    response = client.get(proxy.url + "/public/page")
+    assert response.status_code == 200
+    assert len(response.headers.get_list("date")) == 1
+
+
+def test_upstream_server_header_hidden(proxy: ProxySite, client: httpx.Client) -> None:
+    response = client.get(proxy.url + "/public/page")
+    assert response.headers.get_list("server") == []
+
+
+# Connection options that name end-to-end headers
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [
+        pytest.param("close, host", id="close-host"),
+        pytest.param("Host", id="host"),
+        pytest.param("host, x-forwarded-host", id="host-forwarded-host"),
+    ],
+)
+def test_connection_listing_keeps_host(
+    proxy: ProxySite, client: httpx.Client, connection: str
+) -> None:
+    response = client.get(
+        proxy.url + "/public/page", headers={"Connection": connection}
+    )
+    document = echoed(response)
+    assert header_values(document, "host") == [f"127.0.0.1:{proxy.port}"]
+    assert header_values(document, "x-forwarded-host") == [f"127.0.0.1:{proxy.port}"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, id=name) for name in ALICE_HEADERS],
+)
+def test_connection_listing_keeps_identity(
+    proxy: ProxySite, alice: httpx.Client, name: str
+) -> None:
+    response = alice.get(proxy.url + "/whoami", headers={"Connection": name})
+    document = echoed(response)
+    assert header_values(document, name) == [ALICE_HEADERS[name]]
+
+
+# Slow clients
+
+
+SLOW_UPLOAD = (
+    b"POST /public/upload HTTP/1.1\r\n"
+    b"Host: 127.0.0.1\r\n"
+    b"Accept: application/json\r\n"
+    b"Content-Length: 1000\r\n"
+    b"\r\n"
+    b"abc"
+)
+
+
+def test_concurrency_limit_rejects_request(
+    start_cli: StartCli, echo_upstream: AppServer, sso_env: dict[str, str]
+) -> None:
+    # uvicorn counts the new request's own connection: with a limit of 3, two slow
+    # uploads leave no room for a third connection.
+    args = [*proxy_command(echo_upstream.url), "--limit-concurrency", "3"]
+    proxy = start_cli(args, sso_env)
+    assert raw_get(proxy.port, "/public/page", JSON)[0] == 200
+    # Let the server see that the previous connections have closed.
+    time.sleep(0.3)
+    with (
+        socket.create_connection(("127.0.0.1", proxy.port)) as first,
+        socket.create_connection(("127.0.0.1", proxy.port)) as second,
+    ):
+        first.sendall(SLOW_UPLOAD)
+        second.sendall(SLOW_UPLOAD)
+        time.sleep(0.3)
+        status, _ = raw_get(proxy.port, "/public/page", JSON)
+    assert status == 503
+
+
+def test_slow_body_times_out(
+    start_cli: StartCli, echo_upstream: AppServer, sso_env: dict[str, str]
+) -> None:
+    args = [*proxy_command(echo_upstream.url), "--client-body-timeout", "1"]
+    proxy = start_cli(args, sso_env)
+    start = time.monotonic()
+    status, body = raw_exchange(proxy.port, SLOW_UPLOAD)
+    elapsed = time.monotonic() - start
+    assert status == 408
+    assert json.loads(body)["error"] == "request_timeout"
+    assert elapsed < 10
+    assert "Client sent no request body data for 1 seconds" in proxy.process.log_text()

@@ -216,3 +216,26 @@ def test_prefix_error_shows_prefix_example() -> None:
     with pytest.raises(ConfigurationError) as caught:
         Settings(**{**VALID, "endpoint_prefix": "sso"})
     assert "such as /_sso," in caught.value.problems["SSO_ENDPOINT_PREFIX"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        pytest.param(
+            {"session_store": "redis://[zz"}, "SSO_SESSION_STORE", id="store-bracket"
+        ),
+        pytest.param(
+            {"session_store": "redis://127.0.0.1:notaport"},
+            "SSO_SESSION_STORE",
+            id="store-port",
+        ),
+        pytest.param({"issuer": "https://[zz"}, "SSO_ISSUER", id="issuer-bracket"),
+        pytest.param(
+            {"redirect_uri": "http://[zz/cb"}, "SSO_REDIRECT_URI", id="redirect-bracket"
+        ),
+    ],
+)
+def test_unparsable_urls_rejected(changes: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(**{**VALID, **changes})
+    assert variable in caught.value.problems
