@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -34,6 +35,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
+# 16 pools of 8 idle connections keep up to 128 connections open to the upstream.
+POOLS = 16
+KEEPALIVE_PER_POOL = 8
 # The same default as nginx's client_body_timeout.
 DEFAULT_CLIENT_BODY_TIMEOUT = 60.0
 
@@ -177,17 +181,28 @@ class ProxyApp:
         # while it streams. So only the ASGI server bounds the number of upstream
         # connections, by bounding the requests in progress: "sso-middleware
         # proxy --limit-concurrency" sets uvicorn's limit_concurrency.
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            cookies=_DiscardingCookieJar(),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        #
+        # httpcore checks every connection of a pool, with a poll() call each, for
+        # every request it sends, so one large pool costs more the busier it is.
+        # Requests go round-robin to several small pools instead.
+        self._clients = [
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(
+                    max_connections=None, max_keepalive_connections=KEEPALIVE_PER_POOL
+                ),
+                cookies=_DiscardingCookieJar(),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            for _ in range(POOLS)
+        ]
+        self._next_client = itertools.cycle(self._clients).__next__
 
     async def aclose(self) -> None:
         """Close the pooled connections to the upstream."""
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -270,7 +285,7 @@ class ProxyApp:
         request = httpx.Request(method, url, headers=headers, content=content)
 
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._next_client().send(request, stream=True)
         except _ClientDisconnected:
             logger.info("Client disconnected while sending %s %s", method, path)
             return
