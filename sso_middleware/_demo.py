@@ -211,7 +211,7 @@ async def _serve(
 
 
 async def _wait_for_provider(issuer: str, provider: subprocess.Popen[bytes]) -> bool:
-    """Poll the provider's discovery document until it answers 200."""
+    """Poll the provider's discovery document until it returns 200."""
     url = issuer + "/.well-known/openid-configuration"
     deadline = time.monotonic() + PROVIDER_START_TIMEOUT
     async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
@@ -274,7 +274,7 @@ def _free_port() -> int:
 
 
 # Set while the sample application handles a request. uvicorn writes the access
-# log line from within the application's send(), so the line sees the value.
+# log line from within the application's send(), so the line includes the value.
 _IN_SAMPLE_APP: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "_IN_SAMPLE_APP", default=False
 )

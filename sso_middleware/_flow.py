@@ -615,7 +615,7 @@ class Core:
             metadata = yield from self.oidc.metadata()
         except ProviderError as exc:
             # The local session is already ended, so the user is signed out here
-            # even when the provider cannot be told.
+            # even when the provider cannot be notified.
             logger.warning(
                 "logout without provider logout: %s, request %s",
                 exc.detail,

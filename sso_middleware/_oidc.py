@@ -241,7 +241,7 @@ class OpenIDClient:
         parsed: list[jwt.PyJWK] = []
         for entry in keys:
             # Keys of an unknown type or meant for encryption are skipped, as RFC 7517
-            # 5 asks, so that one odd entry does not hide the usable ones.
+            # 5 requires, so that one odd entry does not hide the usable ones.
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
                 continue
             try:

@@ -29,7 +29,7 @@ StartNginx = Callable[..., NginxServer]
 # the same name, and sends nothing when the value is empty. nginx drops header
 # names with an underscore by default (underscores_in_headers off). Without a
 # session, @login hands the original request to the proxy, which redirects a
-# navigation to the provider with the whole URI as its return path and answers
+# navigation to the provider with the whole URI as its return path and rejects
 # any other request with 401.
 NGINX_SITE = """\
 server {

@@ -2,7 +2,7 @@
 
 ``HostileProvider`` serves discovery, JWKS, authorization, token, userinfo and
 end-session endpoints over real HTTP on 127.0.0.1, from werkzeug's threaded server in a
-background thread. By default every answer is correct. Setting ``provider.mode`` (or
+background thread. By default every response is correct. Setting ``provider.mode`` (or
 calling ``provider.misbehave(mode)``) makes it produce exactly one defect, named in
 ``MODES``, and leaves everything else correct:
 
