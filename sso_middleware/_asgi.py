@@ -17,8 +17,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_SPOOFABLE = frozenset(name.encode("ascii") for name in SPOOFABLE_HEADERS)
-
 
 def _spellings(name: str) -> set[bytes]:
     """Return every spelling of ``name`` with each "-" kept or made "_"."""
@@ -35,12 +33,6 @@ def _spellings(name: str) -> set[bytes]:
 _WATCHED = frozenset(
     {b"cookie"}.union(*(_spellings(name) for name in SPOOFABLE_HEADERS))
 )
-
-
-def _is_spoofable(name: bytes) -> bool:
-    return name in _SPOOFABLE or (
-        b"_" in name and name.replace(b"_", b"-") in _SPOOFABLE
-    )
 
 
 class ASGIMiddleware(SSOMiddleware):
@@ -176,7 +168,8 @@ def _forward_scope(scope: Scope, user: Any, cookie: bytes | None) -> Scope:
     headers = [
         (name, value)
         for name, value in scope["headers"]
-        if name != b"cookie" and not _is_spoofable(name)
+        # _WATCHED is the Cookie header and every spelling of a spoofable one.
+        if name not in _WATCHED
     ]
     if cookie is not None:
         headers.append((b"cookie", cookie))

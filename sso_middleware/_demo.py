@@ -308,7 +308,7 @@ async def _serve_sample_app(server: uvicorn.Server, sock: socket.socket) -> None
 
 
 async def sample_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """A plain ASGI application that greets the user named by the proxy's headers."""
+    """Greet the user that the proxy's identity headers name, as a plain ASGI app."""
     if scope["type"] != "http":
         return
     # uvicorn runs each request in a task of its own, so this value stays there.

@@ -98,7 +98,6 @@ class Core:
         self.revocations = Revocations(settings.session_lifetime)
         self.used_states = UsedStates()
         prefix = settings.endpoint_prefix
-        self.prefix = prefix
         self.callback_path = (
             urlsplit(settings.redirect_uri).path
             if settings.redirect_uri
@@ -196,16 +195,23 @@ class Core:
             value = parse_cookies(header).get(self.cookies.cookie_name)
         if not value:
             return None
-        session = self.cookies.load_session(value)
-        if session is None or (
-            self.revocations and self.revocations.is_revoked(session)
-        ):
+        session = self._cookie_session(value)
+        if session is None:
             return None
         try:
             self.check_allowed(session.user)
         except AccessDenied:
             return None
         return session, self.strip_own_cookies(header)
+
+    def _cookie_session(self, value: str) -> Session | None:
+        """Verify a session cookie's value and check that it is not revoked."""
+        session = self.cookies.load_session(value)
+        if session is None or (
+            self.revocations and self.revocations.is_revoked(session)
+        ):
+            return None
+        return session
 
     def remember(self, cookie: str | bytes, session: Session, cleaned: Any) -> None:
         """Remember the outcome of a verified Cookie header until the session ends.
@@ -249,14 +255,7 @@ class Core:
         if not value:
             return None
         if not self.uses_store:
-            session = self.cookies.load_session(value)
-            if (
-                session is not None
-                and self.revocations
-                and self.revocations.is_revoked(session)
-            ):
-                return None
-            return session
+            return self._cookie_session(value)
         session_id = self.cookies.load_session_id(value)
         if session_id is None:
             return None

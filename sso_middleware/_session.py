@@ -171,7 +171,6 @@ class CookieCodec:
         if base.startswith("__Host-"):
             base = "__Secure-" + base[len("__Host-") :]
         self.id_token_cookie = base + ".idt"
-        self.secure_setting = settings.cookie_secure
         self.logout_path = settings.endpoint_prefix + "/logout"
         self._verified: LRUCache[str, Session | None | object] = LRUCache(
             VERIFIED_CACHE_SIZE
@@ -431,7 +430,3 @@ class UsedStates:
 
 def new_session_id() -> str:
     return secrets.token_urlsafe(32)
-
-
-def dumps_claims(claims: Mapping[str, Any]) -> str:
-    return json.dumps(dict(claims), separators=(",", ":"), sort_keys=True)
